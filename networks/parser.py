@@ -1,0 +1,81 @@
+"""SegFormer human parser: MiT backbone + all-MLP decoder + CE2P edge and fusion heads.
+
+Also holds the model-level contracts shared by every architecture: `ParsingOutput` (what a
+parser returns) and `InputSpec` (what it expects as input).
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from networks.heads import EdgeModule, MLPDecoder, build_fusion_head
+from networks.mit import MixVisionTransformer
+
+
+class ParsingOutput(NamedTuple):
+    """Logits at stride 4: (N, K, ceil(H/4), ceil(W/4)); `edge` has 2 channels.
+
+    Inference uses `fusion`; training uses all three.
+    """
+
+    parsing: Tensor
+    fusion: Tensor
+    edge: Tensor
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Input normalisation of a model; `mean`/`std` are given in `colour` channel order."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    colour: str  # "RGB" or "BGR"
+
+
+IMAGENET_RGB = InputSpec((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "RGB")
+SCHP_BGR = InputSpec((0.406, 0.456, 0.485), (0.225, 0.224, 0.229), "BGR")
+
+
+class SegFormerParser(nn.Module):
+    """MiT backbone, SegFormer MLP decoder, CE2P edge module and fusion head.
+
+    Args:
+        arch: registry name, e.g. "segformer_mit_b4" (recorded for checkpoints).
+        variant: MiT variant, a key of `networks.mit.MIT_CONFIGS`.
+        num_classes: K, parsing classes.
+        decoder_dim: E, width of the MLP decoder (the parsing feature).
+        drop_path_rate: backbone stochastic depth (last block).
+        ln_eps: one LayerNorm eps for the whole backbone; None keeps the official eps.
+
+    Input: (N, 3, H, W) normalised RGB (`input_spec`), any H and W.
+    Output: `ParsingOutput` of (N, K, h, w), (N, K, h, w), (N, 2, h, w) with h, w = ceil(H/4),
+    ceil(W/4).
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        variant: str,
+        num_classes: int,
+        decoder_dim: int,
+        drop_path_rate: float,
+        ln_eps: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.num_classes = num_classes
+        self.input_spec = IMAGENET_RGB
+        self.backbone = MixVisionTransformer(variant, drop_path_rate=drop_path_rate, ln_eps=ln_eps)
+        channels = self.backbone.out_channels
+        self.head = MLPDecoder(channels, num_classes, decoder_dim)
+        self.edge = EdgeModule(channels[:3])
+        self.fusion = build_fusion_head(decoder_dim + self.edge.feature_channels, num_classes)
+
+    def forward(self, x: Tensor) -> ParsingOutput:
+        c1, c2, c3, c4 = self.backbone(x)  # strides 4, 8, 16, 32
+        parsing, parsing_fea = self.head([c1, c2, c3, c4])  # (N, K|E, H/4, W/4)
+        edge, edge_fea = self.edge(c1, c2, c3)  # (N, 2|3*mid, H/4, W/4)
+        fusion = self.fusion(torch.cat([parsing_fea, edge_fea], dim=1))  # in: (N, E+3*mid, ...)
+        return ParsingOutput(parsing, fusion, edge)
