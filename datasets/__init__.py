@@ -1,0 +1,9 @@
+"""Datasets for human parsing: label sets (``labels``), LIP-layout data (``lip``), transforms,
+DeepFashion preprocessing helpers (``deepfashion``) and procedural demo people (``synthetic``).
+
+Only the label-set API is re-exported here; import the other modules directly.
+"""
+
+from datasets.labels import IGNORE_INDEX, LabelConfig, LabelSet, load_label_config
+
+__all__ = ["IGNORE_INDEX", "LabelConfig", "LabelSet", "load_label_config"]
