@@ -1,0 +1,264 @@
+"""LIP-layout human parsing dataset (LIP, CIHP, CCP, preprocessed DeepFashion).
+
+Layout under ``root``::
+
+    {split}_id.txt                      one image id per line
+    {split}_images/<id>.jpg             photo (greyscale and RGBA are converted to 3 channels)
+    {split}_segmentations/<id>.png      class-index label map (mode L or P), or <id>_segm.png
+
+Each sample is letterboxed into the crop with SCHP's centre/scale affine; ``augment=True`` adds
+SCHP's random scale, rotation and flip (left/right pairs swapped by the label set). The draw is a
+pure function of ``(seed, epoch, index)``: call ``set_epoch`` before each epoch (with non-persistent
+DataLoader workers, which copy the dataset when an epoch's iterator starts).
+"""
+
+import logging
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from datasets.labels import LabelSet, check_label_ids
+from datasets.transforms import (
+    FLIP_PROB,
+    ROTATION_FACTOR,
+    SCALE_FACTOR,
+    Augmentation,
+    box_to_center_scale,
+    flip_sample,
+    generate_edge,
+    get_affine_transform,
+    normalize,
+    sample_augmentation,
+    warp_image,
+    warp_label,
+)
+from networks.parser import IMAGENET_RGB, InputSpec
+
+logger = logging.getLogger(__name__)
+
+LABEL_SUFFIXES = (".png", "_segm.png")  # LIP first, then DeepFashion-MultiModal
+_LABEL_MODES = ("L", "P")  # single-channel class indices (palette PNGs give their indices)
+_LUT_SIZE = 256
+_IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # label grids ignore EXIF too
+TARGET_DTYPES = {torch.int64: np.int64, torch.uint8: np.uint8}  # label/edge dtypes on offer
+
+
+def _layout(root: Path, split: str) -> str:
+    return (
+        f"expected LIP layout: {root}/{split}_id.txt, {root}/{split}_images/<id>.jpg, "
+        f"{root}/{split}_segmentations/<id>.png"
+    )
+
+
+def read_ids(id_file: Path) -> list[str]:
+    """Image ids of an id file; empty lines are skipped, ids escaping the folder are errors."""
+    ids = []
+    for line_no, line in enumerate(id_file.read_text(encoding="utf-8").splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        for pure in (PurePosixPath(name), PureWindowsPath(name)):
+            if pure.is_absolute() or pure.anchor or ".." in pure.parts:
+                raise ValueError(
+                    f"{id_file}:{line_no}: id {name!r} leaves the image folder; "
+                    "ids must be plain names relative to the split folders"
+                )
+        ids.append(name)
+    return ids
+
+
+def _subset(ids: list[str], num_samples: int, seed: int) -> list[str]:
+    """A seeded random subset of ``num_samples`` ids, kept in file order (-1: all)."""
+    if num_samples == 0 or num_samples < -1:
+        raise ValueError(f"num_samples must be positive or -1 (all), got {num_samples}")
+    if num_samples == -1 or num_samples >= len(ids):
+        return ids
+    keep = np.random.default_rng(seed).choice(len(ids), size=num_samples, replace=False)
+    return [ids[i] for i in np.sort(keep)]
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """(H, W) uint8 class indices of a mode L or P PNG (palette indices, never luminance)."""
+    with Image.open(path) as image:
+        if image.mode not in _LABEL_MODES:
+            raise ValueError(
+                f"{path}: label image has mode {image.mode}; expected a "
+                "single-channel class-index PNG (mode L or P)"
+            )
+        return np.asarray(image)
+
+
+class LIPDataset(Dataset):
+    """LIP-layout parsing samples, letterboxed (and optionally augmented) into ``input_size``.
+
+    Args:
+        root: dataset folder; split: ``train``, ``val``, ...
+        input_size: crop (H, W). input_spec: normalisation and colour order of the model.
+        label_set: labels of the (mapped) data; validates ids and supplies the flip pairs.
+        label_lut: (256,) uint8 raw -> label-set ids, applied on load (before flip and warp).
+        augment: SCHP's random scale / rotation / flip. num_samples: seeded random subset (-1 all).
+        with_edge: also return the edge targets of the warped label.
+        target_dtype: dtype of ``label`` and ``edge``; torch.uint8 moves 8x fewer bytes from the
+            workers (measured +50% images/s), cast with ``.long()`` on the device for the loss.
+
+    ``dataset[i]`` is a dict: ``image`` (3, H, W) float32, ``label`` (H, W) target_dtype (255
+    ignore), ``edge`` (H, W) target_dtype in {0, 1} (with_edge), ``meta`` (name, center, scale,
+    rotation, height, width, flipped).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        input_size: tuple[int, int] = (512, 384),
+        input_spec: InputSpec = IMAGENET_RGB,
+        label_set: LabelSet | None = None,
+        label_lut: np.ndarray | None = None,
+        augment: bool = False,
+        num_samples: int = -1,
+        seed: int = 0,
+        scale_factor: float = SCALE_FACTOR,
+        rotation_factor: float = ROTATION_FACTOR,
+        flip_prob: float = FLIP_PROB,
+        with_edge: bool = True,
+        target_dtype: torch.dtype = torch.int64,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.input_spec = input_spec
+        self.label_set = label_set
+        self.augment = augment
+        self.seed = seed
+        self.scale_factor = scale_factor
+        self.rotation_factor = rotation_factor
+        self.flip_prob = flip_prob
+        self.with_edge = with_edge
+        self.epoch = 0
+        if target_dtype not in TARGET_DTYPES:
+            raise ValueError(f"target_dtype must be torch.int64 or torch.uint8, got {target_dtype}")
+        self.target_dtype = TARGET_DTYPES[target_dtype]
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        if augment and flip_prob > 0 and label_set is None:
+            raise ValueError(
+                "flipping needs a label_set for its left/right pairs; pass "
+                "label_set= or flip_prob=0"
+            )
+        if label_lut is not None:
+            label_lut = np.asarray(label_lut)
+            if label_lut.shape != (_LUT_SIZE,) or label_lut.dtype != np.uint8:
+                raise ValueError(
+                    f"label_lut must be a (256,) uint8 array, got "
+                    f"{label_lut.shape} {label_lut.dtype}"
+                )
+        self.label_lut = label_lut
+        self.image_dir = self.root / f"{split}_images"
+        self.label_dir = self.root / f"{split}_segmentations"
+        id_file = self.root / f"{split}_id.txt"
+        for path in (self.root, id_file, self.image_dir, self.label_dir):
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: not found; {_layout(self.root, split)}")
+        self.ids = _subset(read_ids(id_file), num_samples, seed)
+        if not self.ids:
+            raise ValueError(f"{id_file}: no ids; {_layout(self.root, split)}")
+        logger.debug("%s/%s: %d images", self.root, split, len(self.ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draw of ``epoch`` (pure function of seed, epoch, index)."""
+        self.epoch = epoch
+
+    def image_path(self, index: int) -> Path:
+        return self.image_dir / f"{self.ids[index]}.jpg"
+
+    def label_path(self, index: int) -> Path:
+        """The first existing label file of the id (``.png``, then ``_segm.png``)."""
+        name = self.ids[index]
+        candidates = [self.label_dir / f"{name}{suffix}" for suffix in LABEL_SUFFIXES]
+        for path in candidates:
+            if path.is_file():
+                return path
+        raise FileNotFoundError(
+            f"{candidates[0]}: no label for id {name!r} (also tried "
+            f"{candidates[1].name}); {_layout(self.root, self.split)}"
+        )
+
+    def read_image(self, index: int) -> np.ndarray:
+        """(H, W, 3) uint8 photo in BGR order (as decoded by OpenCV)."""
+        path = self.image_path(index)
+        image = cv2.imread(str(path), _IMREAD_FLAGS)
+        if image is None and not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: image of id {self.ids[index]!r} is missing; "
+                f"{_layout(self.root, self.split)}"
+            )
+        if image is None:
+            raise ValueError(
+                f"{path}: image of id {self.ids[index]!r} cannot be decoded; "
+                "replace it with a readable JPEG or drop the id"
+            )
+        return image
+
+    def read_label(self, index: int) -> np.ndarray:
+        """(H, W) uint8 label at the original size, mapped by ``label_lut`` and validated."""
+        path = self.label_path(index)
+        label = read_label_png(path)
+        if self.label_lut is not None:
+            label = cv2.LUT(label, self.label_lut)
+        if self.label_set is not None:
+            check_label_ids(label, self.label_set, path)
+        return label
+
+    def augmentation(self, index: int) -> Augmentation:
+        """The augmentation of ``index`` in the current epoch (identity without ``augment``)."""
+        if not self.augment:
+            return Augmentation()
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return sample_augmentation(rng, self.scale_factor, self.rotation_factor, self.flip_prob)
+
+    def __getitem__(self, index: int) -> dict:
+        index = range(len(self.ids))[index]  # negative indices too; IndexError past the end
+        image = self.read_image(index)
+        label = self.read_label(index)
+        height, width = label.shape
+        if image.shape[:2] != (height, width):
+            raise ValueError(
+                f"{self.image_path(index)}: image is {image.shape[1]}x"
+                f"{image.shape[0]} but its label {self.label_path(index)} is "
+                f"{width}x{height}; they must match"
+            )
+        crop_h, crop_w = self.input_size
+        center, scale = box_to_center_scale(width, height, crop_w / crop_h)
+        aug = self.augmentation(index)
+        scale = (scale * aug.scale).astype(np.float32)
+        if aug.flip:
+            image, label, center = flip_sample(image, label, center, self.label_set)
+        matrix = get_affine_transform(center, scale, aug.rotation, self.input_size)
+        label_crop = warp_label(label, matrix, self.input_size)
+        # dtype conversions in numpy: torch's thread pool is slow for small ops in busy workers
+        sample = {
+            "image": normalize(
+                warp_image(image, matrix, self.input_size), self.input_spec, image_colour="BGR"
+            ),
+            "label": torch.from_numpy(label_crop.astype(self.target_dtype, copy=False)),
+            "meta": {
+                "name": self.ids[index],
+                "center": center,
+                "scale": scale,
+                "rotation": aug.rotation,
+                "height": height,
+                "width": width,
+                "flipped": aug.flip,
+            },
+        }
+        if self.with_edge:
+            edge = generate_edge(torch.from_numpy(label_crop)).numpy()
+            sample["edge"] = torch.from_numpy(edge.astype(self.target_dtype, copy=False))
+        return sample
