@@ -1,0 +1,1 @@
+"""Training and evaluation helpers: losses, LR schedule, optimizers, SCHP, metrics, checkpoints."""
