@@ -1,7 +1,7 @@
 """Our MiT backbone and MLP decoder equal HF transformers' Segformer on the same random weights.
 
 HF is an independent implementation of the same network; its 5.x keys (`segformer.stages...`)
-go through `networks.weights.convert_hf_state_dict`, so the converter is checked too.
+go through `networks.hf_names.convert_hf_state_dict`, so the converter is checked too.
 Both sides use LayerNorm eps 1e-5 (HF hard-codes it; ours via `ln_eps`). Norm weights and BN
 statistics are randomised first, so a swapped or skipped norm cannot pass.
 """
@@ -13,7 +13,7 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 
 from networks import build_model  # noqa: E402
-from networks.weights import convert_hf_state_dict  # noqa: E402
+from networks.hf_names import convert_hf_state_dict  # noqa: E402
 
 HF_LN_EPS = 1e-5
 TOLERANCE = 1e-4

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from networks import build_model
+from networks import hf_names as H
 from networks import weights as W
 
 ABN_PREFIXES = ("edge.conv1.1.", "edge.conv2.1.", "edge.conv3.1.", "fusion.1.")
@@ -126,9 +127,9 @@ def test_nvlabs_b0_file_into_a_b4_model_names_both_variants(tmp_path, b4):
 @pytest.mark.parametrize("naming", ["v4", "v5"])
 def test_hf_names_round_trip(naming):
     sd = _randomize(_b0())
-    hf = W.convert_to_hf_state_dict(sd, naming)
+    hf = H.convert_to_hf_state_dict(sd, naming)
     assert all(k.startswith(("segformer.", "decode_head.")) for k in hf)
-    back = W.convert_hf_state_dict(hf)
+    back = H.convert_hf_state_dict(hf)
     own = {k: v for k, v in sd.items() if k.startswith(("backbone.", "head."))}
     assert back.keys() == own.keys()
     assert all(torch.equal(back[k], own[k]) for k in own)
@@ -138,7 +139,7 @@ def test_hf_v5_names_are_exactly_the_installed_transformers_names():
     transformers = pytest.importorskip("transformers")
     config = transformers.SegformerConfig(num_labels=20)
     reference = transformers.SegformerForSemanticSegmentation(config).state_dict()
-    ours = W.convert_to_hf_state_dict(_b0().state_dict(), "v5")
+    ours = H.convert_to_hf_state_dict(_b0().state_dict(), "v5")
     assert ours.keys() == reference.keys()
     assert all(ours[k].shape == reference[k].shape for k in reference)
 
@@ -172,7 +173,7 @@ def test_hf_v4_names_are_what_the_installed_transformers_reads_from_hub_files(tm
     model = _b0(ln_eps=1e-5)
     _randomize(model)
     hf4 = {
-        k: v.contiguous() for k, v in W.convert_to_hf_state_dict(model.state_dict(), "v4").items()
+        k: v.contiguous() for k, v in H.convert_to_hf_state_dict(model.state_dict(), "v4").items()
     }
     transformers.SegformerConfig(num_labels=20).save_pretrained(tmp_path)
     safetensors.save_file(hf4, tmp_path / "model.safetensors")
@@ -191,7 +192,7 @@ def test_hf_v4_names_are_what_the_installed_transformers_reads_from_hub_files(tm
 def test_hf_backbone_only_file_loads_the_backbone_and_drops_the_imagenet_classifier(tmp_path):
     expected = _randomize(_b0())
     backbone = {k: v for k, v in expected.items() if k.startswith("backbone.")}
-    hf = W.convert_to_hf_state_dict(backbone, "v4")
+    hf = H.convert_to_hf_state_dict(backbone, "v4")
     hf |= {"classifier.weight": torch.randn(1000, 256), "classifier.bias": torch.randn(1000)}
     path = tmp_path / "pytorch_model.bin"
     torch.save(hf, path)
@@ -204,7 +205,7 @@ def test_hf_backbone_only_file_loads_the_backbone_and_drops_the_imagenet_classif
 
 def test_hf_head_for_other_classes_loads_all_but_the_classifier_when_not_strict():
     expected = _randomize(_b0(num_classes=150))  # an ADE20K-like SegFormer
-    hf = W.convert_to_hf_state_dict(expected, "v5")
+    hf = H.convert_to_hf_state_dict(expected, "v5")
     model = _b0(num_classes=20)
     with pytest.raises(W.WeightsError, match="checkpoint has 150 classes"):
         W.load_hf_segformer(model, hf)
@@ -214,7 +215,7 @@ def test_hf_head_for_other_classes_loads_all_but_the_classifier_when_not_strict(
 
 
 def test_hf_decoder_of_another_width_asks_for_decoder_dim():
-    wide = W.convert_to_hf_state_dict(_b0(decoder_dim=768).state_dict(), "v5")
+    wide = H.convert_to_hf_state_dict(_b0(decoder_dim=768).state_dict(), "v5")
     with pytest.raises(W.WeightsError, match="decoder is 768 wide .* with 256; build the model"):
         W.load_hf_segformer(_b0(), wide, name="segformer-b0")
 
