@@ -9,10 +9,16 @@ Instead of dropping the ignore pixels (a data-dependent gather that stalls the G
 and foreground indicator are set to 0: they sort to the tail, where they contribute nothing and
 leave the Jaccard gradient of every other pixel unchanged. Absent classes are masked out of the
 mean instead of skipped in a Python loop, so the loss is one sort over a (C, P) tensor.
+
+On CPU the sort order comes from numpy's SIMD argsort (x86-simd-sort), about 4x faster than
+`torch.sort` for a 9 x 393,216 tensor (a 512x384 batch of 2); the sorted values are still gathered
+with autograd. Equal errors may come out in another order than `torch.sort`'s, which leaves the
+loss value unchanged (a run of equal errors contributes error x the Jaccard change over the run).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,6 +43,14 @@ def lovasz_grad(fg_sorted: Tensor) -> Tensor:
     return torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
 
 
+def descending_order(errors: Tensor) -> Tensor:
+    """(C, P) int64 indices that sort each row of `errors` in descending order."""
+    if errors.device.type != "cpu":
+        return torch.sort(errors.detach(), dim=1, descending=True).indices
+    keys = np.ascontiguousarray(-errors.detach().numpy())
+    return torch.from_numpy(np.argsort(keys, axis=1))
+
+
 def lovasz_softmax(probas: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Lovász-Softmax over the whole batch, averaged over the classes present in `labels`.
 
@@ -54,7 +68,9 @@ def lovasz_softmax(probas: Tensor, labels: Tensor, ignore_index: int = IGNORE_IN
     valid = (labels != ignore_index).unsqueeze(1)  # (P, 1)
     fg = F.one_hot(torch.where(valid.squeeze(1), labels, 0), num_classes).float() * valid
     errors = (fg - probas).abs() * valid  # ignore pixels: error 0, fg 0
-    errors_sorted, order = torch.sort(errors.t(), dim=1, descending=True)  # (C, P)
+    errors = errors.t()  # (C, P)
+    order = descending_order(errors)
+    errors_sorted = errors.gather(1, order)
     fg_sorted = fg.t().gather(1, order)
     per_class = (errors_sorted * lovasz_grad(fg_sorted)).sum(dim=1)  # (C,)
     present = (fg_sorted.sum(dim=1) > 0).float()

@@ -1,0 +1,165 @@
+"""Self-describing checkpoints, written atomically.
+
+A checkpoint is a plain dict that `torch.load(weights_only=True)` can read:
+
+    arch, num_classes, label_set (LabelSet.to_dict()), input {size, mean, std, colour},
+    state_dict (from the unwrapped module, never with a `module.` prefix),
+    and, for resume: optimizer, scaler, epoch, cycle_n, teacher_state_dict, best_miou,
+    history, args. No RNG state: train.py seeds every epoch from (seed, epoch, rank).
+
+File names follow the seed: `checkpoint.pth.tar` (latest), `checkpoint_{epoch}.pth.tar`,
+`schp_{cycle}_checkpoint.pth.tar`, plus `best.pth.tar` (best validation mIoU).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.fileio import atomic_write
+
+LATEST_NAME = "checkpoint.pth.tar"
+BEST_NAME = "best.pth.tar"
+
+
+def periodic_name(epoch: int) -> str:
+    return f"checkpoint_{epoch}.pth.tar"
+
+
+def schp_name(cycle_n: int) -> str:
+    return f"schp_{cycle_n}_checkpoint.pth.tar"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model behind DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def model_record(model: nn.Module, label_set: Any, input_size: tuple[int, int]) -> dict:
+    """The part of a checkpoint that describes and holds the weights."""
+    bare = unwrap_model(model)
+    spec = bare.input_spec
+    return {
+        "arch": bare.arch,
+        "num_classes": bare.num_classes,
+        "label_set": label_set.to_dict() if label_set is not None else None,
+        "input": {
+            "size": list(input_size),
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "colour": spec.colour,
+        },
+        "state_dict": cpu_state_dict(bare),
+    }
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unwrapped module's state dict as detached CPU tensors (no `module.` prefix)."""
+    return {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a whole checkpoint dict (weights_only); one clear error line for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"{path}: file not found; check the path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, random bytes, foreign pickles: all user errors here
+        raise SystemExit(
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}); "
+            "point at a .pth/.pth.tar file written by train.py"
+        ) from None
+    if not isinstance(state, dict):
+        raise SystemExit(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def train_state(
+    model: nn.Module,
+    teacher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    label_set: Any,
+    input_size: tuple[int, int],
+    **progress: Any,
+) -> dict:
+    """checkpoint.pth.tar: the model record plus everything `load_train_state` restores.
+
+    `progress` holds plain values: epoch, cycle_n, best_miou, history, args.
+    """
+    return {
+        **model_record(model, label_set, input_size),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "teacher_state_dict": cpu_state_dict(teacher),
+        **progress,
+    }
+
+
+def load_train_state(
+    path: str | os.PathLike,
+    model: nn.Module,
+    teacher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> dict:
+    """Restore a `train_state` checkpoint in place; returns it (epoch, cycle_n, history, ...).
+
+    Raises:
+        ValueError: the file is not a train.py checkpoint.pth.tar or does not fit the model or
+            optimizer (another arch, class count or --optimizer).
+    """
+    state = read_checkpoint(path)
+    if "optimizer" not in state or "teacher_state_dict" not in state:
+        raise ValueError(
+            f"{path}: not a train.py checkpoint.pth.tar (no optimizer/teacher state); resume "
+            "from <log-dir>/checkpoint.pth.tar, or load weights with --model-restore"
+        )
+    bare = unwrap_model(model)
+    if (state.get("arch"), state.get("num_classes")) != (bare.arch, bare.num_classes):
+        raise ValueError(
+            f"{path}: a {state.get('arch')} checkpoint with {state.get('num_classes')} classes, "
+            f"but this run is {bare.arch} with {bare.num_classes}; resume with its own flags"
+        )
+    try:
+        bare.load_state_dict(state["state_dict"])
+        unwrap_model(teacher).load_state_dict(state["teacher_state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"{path}: does not fit this run ({str(err).splitlines()[0]}); resume with the "
+            "flags of the run that wrote it (same --optimizer, --only_train_module)"
+        ) from None
+    scaler.load_state_dict(state["scaler"])
+    return state
+
+
+def save_epoch_checkpoints(
+    log_dir: str | os.PathLike, state: dict, periodic: bool, best: bool
+) -> None:
+    """checkpoint.pth.tar (the whole `train_state`), and the weights alone as
+    checkpoint_{epoch}.pth.tar when `periodic` and best.pth.tar when `best`."""
+    log_dir = Path(log_dir)
+    save_checkpoint(state, log_dir / LATEST_NAME)
+    weights = {k: state[k] for k in ("arch", "num_classes", "label_set", "input", "state_dict")}
+    weights.update(epoch=state["epoch"], best_miou=state["best_miou"])
+    if periodic:
+        save_checkpoint(weights, log_dir / periodic_name(state["epoch"]))
+    if best:
+        save_checkpoint(weights, log_dir / BEST_NAME)
