@@ -1,11 +1,21 @@
 """Data pipeline throughput: LIPDataset next to plain JPEG decoding of the same files.
 
-Both run through a DataLoader with the same workers and batch size, in alternating rounds (fair on a
-shared machine). The loader makes SCHP training samples (letterbox affine, random scale / rotation
-/ flip, normalisation, edge targets); the baseline only decodes each JPEG with ``cv2.imread``.
-Prints JSON: images/s of each (median over rounds), ``loader_vs_decode`` (target >= 0.7), the
-same with uint8 label/edge targets (``target_dtype=torch.uint8``) and an in-process profile of
-one sample (ms per image of the costliest functions).
+All run through a DataLoader with the same workers and batch size, in alternating rounds (fair on
+a shared machine). The loaders make SCHP training samples (letterbox affine, random scale /
+rotation / flip); the baseline ``decode`` only decodes each JPEG with ``cv2.imread`` (the issue's
+yardstick), ``decode_jpeg_png`` also decodes the label PNG (the I/O floor of any loader).
+Loader options, from the contract's default to the fastest:
+
+    loader                  float32 image, int64 label + edge made in the workers (default)
+    loader_uint8_targets    target_dtype=torch.uint8
+    loader_uint8_no_edge    + with_edge=False (edges made on the batch, on the device)
+    loader_uint8            + image_dtype=torch.uint8 (normalised on the batch, on the device)
+
+Prints JSON: images/s of each (median over rounds), ``<name>_vs_decode`` (target >= 0.7), an
+in-process profile of the default and the fastest sample (ms per image of the costliest calls)
+and ``deferred_batch_work_ms_per_image``: the work ``loader_uint8`` leaves to the training loop
+(``normalize_batch``, ``generate_edge``, ``.long()``) timed on the CPU with one thread; on a GPU
+it runs on the device.
 
     python benchmarks/bench_data.py
     python benchmarks/bench_data.py --data-dir ../shared/data/ccp --num-images 100 --workers 2 \
@@ -19,23 +29,34 @@ import pstats
 import statistics
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.labels import LabelSet  # noqa: E402
-from datasets.lip import LIPDataset  # noqa: E402
+from datasets.lip import LIPDataset, read_label_png  # noqa: E402
+from datasets.transforms import generate_edge, normalize_batch  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ccp"
 SPLIT = "train"
 INPUT_SIZE = (512, 384)  # crop (H, W), the project's default
 CLASSES_FILE = "classes.txt"  # "<index> <name>" per line (CCP)
 PROFILE_ROWS = 10  # costliest functions listed in the profile
+TARGET = 0.7  # loader / decode-only (issues 4 and 7)
+UINT8 = dict(target_dtype=torch.uint8)
+LOADERS = {  # name -> LIPDataset options
+    "loader": {},
+    "loader_uint8_targets": UINT8,
+    "loader_uint8_no_edge": {**UINT8, "with_edge": False},
+    "loader_uint8": {**UINT8, "with_edge": False, "image_dtype": torch.uint8},
+}
+FASTEST = "loader_uint8"
+PROFILE_REPEATS = 5  # timings of the deferred batch work per round
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -93,23 +114,28 @@ def load_label_set(data_dir: Path) -> LabelSet:
 
 
 class _DecodeOnly(Dataset):
-    """The baseline: ``cv2.imread`` of each image, nothing else."""
+    """The baseline: ``cv2.imread`` of each image (and its label PNG), nothing else."""
 
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
+    def __init__(self, dataset: LIPDataset, count: int, with_label: bool) -> None:
+        self.dataset = dataset
+        self.count = count
+        self.with_label = with_label
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return self.count
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(cv2.imread(str(self.paths[index]), cv2.IMREAD_COLOR))
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        image = torch.from_numpy(cv2.imread(str(self.dataset.image_path(index)), cv2.IMREAD_COLOR))
+        if not self.with_label:
+            return image
+        return image, torch.from_numpy(read_label_png(self.dataset.label_path(index)))
 
 
 def _as_list(batch: list) -> list:
     return batch
 
 
-def _images_per_s(batches: Iterable, batch_size: int, warmup_batches: int) -> float:
+def _images_per_s(batches: Iterable, warmup_batches: int) -> float:
     """Throughput of an iterable of batches, timed after ``warmup_batches``."""
     iterator = iter(batches)
     for _ in range(warmup_batches):
@@ -121,25 +147,24 @@ def _images_per_s(batches: Iterable, batch_size: int, warmup_batches: int) -> fl
 
 
 def bench_loader(dataset: LIPDataset, args: argparse.Namespace) -> float:
-    """Images/s of augmented training samples with edge targets."""
+    """Images/s of augmented training samples."""
     indices = range((args.warmup_batches * args.batch_size) + args.num_images)
     loader = DataLoader(
         Subset(dataset, indices), batch_size=args.batch_size, num_workers=args.workers
     )
-    return _images_per_s(loader, args.batch_size, args.warmup_batches)
+    return _images_per_s(loader, args.warmup_batches)
 
 
-def bench_decode(dataset: LIPDataset, args: argparse.Namespace) -> float:
-    """Images/s of plain JPEG decoding of the same files."""
+def bench_decode(dataset: LIPDataset, args: argparse.Namespace, with_label: bool) -> float:
+    """Images/s of plain JPEG decoding (and label PNG decoding) of the same files."""
     count = (args.warmup_batches * args.batch_size) + args.num_images
-    paths = [dataset.image_path(i) for i in range(count)]
     loader = DataLoader(
-        _DecodeOnly(paths),
+        _DecodeOnly(dataset, count, with_label),
         batch_size=args.batch_size,
         num_workers=args.workers,
         collate_fn=_as_list,
     )
-    return _images_per_s(loader, args.batch_size, args.warmup_batches)
+    return _images_per_s(loader, args.warmup_batches)
 
 
 def profile_loader(dataset: LIPDataset, count: int) -> dict[str, float]:
@@ -166,49 +191,70 @@ def profile_loader(dataset: LIPDataset, count: int) -> dict[str, float]:
     return {name: round(ms, 3) for name, ms in result.items()}
 
 
+def time_batch_work(dataset: LIPDataset, args: argparse.Namespace) -> float:
+    """Milliseconds per image of what a ``loader_uint8`` batch needs before the forward."""
+    torch.set_num_threads(1)
+    batch = default_collate([dataset[i] for i in range(args.batch_size)])
+    times = []
+    for _ in range(args.rounds * PROFILE_REPEATS):
+        start = time.perf_counter()
+        normalize_batch(batch["image"], dataset.input_spec)
+        generate_edge(batch["label"]).long()
+        batch["label"].long()
+        times.append((time.perf_counter() - start) * 1000 / args.batch_size)
+    return round(statistics.median(times), 3)
+
+
 def main(args: argparse.Namespace) -> dict:
     label_set = load_label_set(args.data_dir)
-    loaders = {  # name -> training dataset; the contract's int64 targets, then uint8 targets
+    loaders = {
         name: LIPDataset(
             args.data_dir,
             split=SPLIT,
             input_size=INPUT_SIZE,
             label_set=label_set,
             augment=True,
-            with_edge=True,
-            target_dtype=dtype,
+            **options,
         )
-        for name, dtype in (("loader", torch.int64), ("loader_uint8_targets", torch.uint8))
+        for name, options in LOADERS.items()
     }
-    dataset = loaders["loader"]
+    dataset, fastest = loaders["loader"], loaders[FASTEST]
     needed = (args.warmup_batches * args.batch_size) + args.num_images
     if len(dataset) < needed:
         raise SystemExit(
             f"{args.data_dir}: {len(dataset)} {SPLIT} images, {needed} needed; "
             "lower --num-images or --warmup-batches"
         )
-    rates: dict[str, list[float]] = {name: [] for name in [*loaders, "decode"]}
+    runs: dict[str, Callable[[], float]] = {
+        "decode": lambda: bench_decode(dataset, args, with_label=False),
+        "decode_jpeg_png": lambda: bench_decode(dataset, args, with_label=True),
+        **{name: (lambda d=d: bench_loader(d, args)) for name, d in loaders.items()},
+    }
+    rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
-        for name, loader_dataset in loaders.items():
-            rates[name].append(bench_loader(loader_dataset, args))
-        rates["decode"].append(bench_decode(dataset, args))
+        for name, run in runs.items():
+            rates[name].append(run())
     results: dict = {
         "data_dir": str(args.data_dir),
         "input_size": list(INPUT_SIZE),
         "workers": args.workers,
         "batch_size": args.batch_size,
         "num_images": args.num_images,
+        "target_vs_decode": TARGET,
     }
     for name, values in rates.items():
         results[name] = {
             "images_per_s": round(statistics.median(values), 1),
             "rounds": [round(value, 1) for value in values],
         }
-    for name in loaders:
-        ratio = results[name]["images_per_s"] / results["decode"]["images_per_s"]
-        results[f"{name}_vs_decode"] = round(ratio, 3)
+    decode_rate = results["decode"]["images_per_s"]
+    for name in rates:
+        if name != "decode":
+            results[f"{name}_vs_decode"] = round(results[name]["images_per_s"] / decode_rate, 3)
     if args.profile_images > 0:
         results["loader_profile_ms_per_image"] = profile_loader(dataset, args.profile_images)
+        results[f"{FASTEST}_profile_ms_per_image"] = profile_loader(fastest, args.profile_images)
+        results["deferred_batch_work_ms_per_image"] = time_batch_work(fastest, args)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json_out is not None:

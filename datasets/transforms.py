@@ -25,6 +25,10 @@ ROTATION_FACTOR = 30  # degrees: r = clip(N(0,1) * f, -ROTATION_CLIP_RATIO * f, 
 ROTATION_CLIP_RATIO = 2.0  # SCHP clips the rotation at two rotation factors
 ROTATION_PROB = 0.6  # probability that a training sample is rotated at all
 FLIP_PROB = 0.5  # probability of a horizontal flip
+# warp_image pads 3-channel sources to 4 channels (one pass over the source) when they have at most
+# this many times the output's pixels; the warp itself costs per output pixel (measured: the
+# padding pass is ~10x cheaper per pixel than the time the 4-channel warp saves)
+RGBA_WARP_MAX_AREA = 4
 _NUM_BYTE_VALUES = 256
 _PIXEL_MAX = 255.0
 
@@ -104,17 +108,35 @@ def get_affine_transform(
 
 
 def warp_image(
-    image: np.ndarray, matrix: np.ndarray, output_size_hw: tuple[int, int]
+    image: np.ndarray,
+    matrix: np.ndarray,
+    output_size_hw: tuple[int, int],
+    swap_rb: bool = False,
 ) -> np.ndarray:
-    """Warp an (H, W, C) uint8 image: bilinear, 0 outside the source."""
-    return cv2.warpAffine(
+    """Warp an (H, W, C) uint8 image: bilinear, 0 outside the source.
+
+    ``swap_rb`` also reverses the channels of a 3-channel image (BGR <-> RGB). A 3-channel image
+    not much larger than the output is warped as a 4-channel one: OpenCV's vectorised 4-channel
+    path is about twice as fast, and the three channels come out the same.
+    """
+    out_h, out_w = output_size_hw
+    three = image.ndim == 3 and image.shape[2] == 3
+    if swap_rb and not three:
+        raise ValueError(f"swap_rb needs an (H, W, 3) image, got {image.shape}")
+    padded = three and image.shape[0] * image.shape[1] <= RGBA_WARP_MAX_AREA * out_h * out_w
+    if padded:  # the channel swap rides along with the padding pass
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGBA if swap_rb else cv2.COLOR_BGR2BGRA)
+    warped = cv2.warpAffine(
         image,
         matrix,
-        (output_size_hw[1], output_size_hw[0]),
+        (out_w, out_h),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     )
+    if padded:
+        return cv2.cvtColor(warped, cv2.COLOR_RGBA2RGB)  # drops the 4th channel, no swap
+    return cv2.cvtColor(warped, cv2.COLOR_BGR2RGB) if swap_rb else warped
 
 
 def warp_label(
@@ -179,6 +201,24 @@ def normalize(
         ddepth=cv2.CV_32F,
     )
     return torch.from_numpy(cv2.dnn.blobFromImageWithParams(image, params)[0])
+
+
+def normalize_batch(images: Tensor, input_spec: InputSpec) -> Tensor:
+    """(N, 3, H, W) uint8 in the spec's colour order -> float32 ``(x/255 - mean) / std``.
+
+    For the uint8 images of ``LIPDataset(image_dtype=torch.uint8)``: normalising on the batch
+    (on its device) instead of in the loader workers moves 4x fewer bytes between processes.
+    Equals ``normalize`` up to float rounding (<= 1e-6).
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"expected an (N, 3, H, W) uint8 batch, got {tuple(images.shape)} {images.dtype}"
+        )
+    mean = torch.tensor(input_spec.mean, dtype=torch.float32, device=images.device)
+    std = torch.tensor(input_spec.std, dtype=torch.float32, device=images.device)
+    scale = (1.0 / (_PIXEL_MAX * std)).view(1, 3, 1, 1)
+    shift = (-mean / std).view(1, 3, 1, 1)
+    return images.float().mul_(scale).add_(shift)  # in place on the new float tensor
 
 
 def _dilate_box(mask, radius: int):

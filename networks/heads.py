@@ -3,6 +3,16 @@
 Names follow the seed (`head.linear_c1.proj`, `head.linear_fuse.conv/bn`, `head.linear_pred`,
 `edge.conv1.0/1`, `edge.conv4`, `edge.conv5`, `fusion.0/1/3`). SCHP's InPlace-ABN (BatchNorm with a
 LeakyReLU inside the same module) becomes `BatchNormAct2d`, so the seed's Sequential indices stay.
+
+Speed (same parameters, same numbers up to float rounding):
+- 1x1 convs run as per-pixel matmuls on the channels-last maps (`pointwise`), no layout copies.
+- The decoder's `linear_fuse` and the fusion head's first conv are 1x1 convs on a concat of maps
+  that were bilinearly upsampled from strides 8..32. A 1x1 conv and a bilinear resize commute, so
+  each input block of the conv weight is applied at the map's own resolution and the results are
+  upsampled and summed (`fold_sum`): the (N, 4E, H/4, W/4) and (N, E + 768, H/4, W/4) concats are
+  never built. The folded weights are computed in every forward from the stored parameters (tiny
+  matmuls), so training sees the same parameters and gradients.
+- In eval mode, BatchNorm (running statistics) is folded into the preceding 1x1 conv.
 """
 
 from collections import OrderedDict
@@ -54,6 +64,92 @@ class BatchNormAct2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, activation={self.activation}, slope={self.slope}"
 
 
+def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """1x1 conv as a per-pixel matmul: (B, Cin, H, W) -> (B, Cout, H, W), channels-last.
+
+    `weight` is (Cout, Cin) or (Cout, Cin, 1, 1). A channels-last `x` is read through its NHWC
+    view without a copy (oneDNN's 1x1 conv on such maps takes a slow path on CPU).
+    """
+    return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
+
+
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor] | None:
+    """(scale, shift) with bn(x) = x * scale + shift per channel, for an eval-mode BatchNorm.
+
+    None when the module normalises with batch statistics (training, or no running stats).
+    """
+    if bn.training or bn.running_mean is None or bn.running_var is None:
+        return None
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def _bn_activation(bn: nn.Module, x: Tensor) -> Tensor:
+    """The activation that a (folded) BatchNormAct2d applies after its normalisation."""
+    if getattr(bn, "activation", None) is None:
+        return x
+    return F.leaky_relu(x, bn.slope, inplace=True)
+
+
+def fold_sum(
+    maps: Sequence[Tensor],
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor | None],
+    align_corners: bool,
+    bn: nn.BatchNorm2d | None = None,
+    activation: nn.Module | None = None,
+) -> Tensor:
+    """act(BN(conv1x1(concat(resize(maps))))) without the concat: sum_k resize(W_k map_k + b_k).
+
+    Args:
+        maps: (B, C_k, h_k, w_k); the first one has the output size (H, W).
+        weights: (Cout, C_k) blocks of the conv weight, in the order of `maps`.
+        biases: (Cout,) or None per block.
+        align_corners: of the bilinear resize that the concat used.
+        bn: the BatchNorm after the conv (or None), folded into the weights in eval mode; in
+            training mode it is called as a module (batch statistics). Its own activation
+            (BatchNormAct2d) is applied too.
+        activation: a further activation module after the BatchNorm (or None).
+    Returns:
+        (B, Cout, H, W), channels-last.
+    """
+    affine = None if bn is None else bn_affine(bn)
+    if affine is not None:  # eval: bn(W x + b) = (scale W) x + (scale b + shift)
+        scale, shift = affine
+        weights = [w * scale[:, None] for w in weights]
+        biases = [None if b is None else b * scale for b in biases]
+        biases[0] = shift if biases[0] is None else biases[0] + shift
+    batch, _, height, width = maps[0].shape
+    # accumulate into the (B*H*W, Cout) matmul output itself: in-place ops on a base tensor,
+    # not on a view, so autograd needs no whole-map CopySlices in training
+    out = F.linear(_pixel_rows(maps[0]), weights[0], biases[0])
+    for x, w, b in zip(maps[1:], weights[1:], biases[1:], strict=True):
+        y = pointwise(x, w, b)  # (B, Cout, h_k, w_k): project first, then upsample Cout channels
+        if y.shape[-2:] != (height, width):
+            y = F.interpolate(y, (height, width), mode="bilinear", align_corners=align_corners)
+        out.add_(_pixel_rows(y))
+    if affine is not None:
+        out = _bn_activation(bn, out)
+        if activation is not None:
+            out = activation(out)
+    out = out.view(batch, height, width, -1).permute(0, 3, 1, 2)  # (B, Cout, H, W)
+    if affine is None and bn is not None:
+        out = bn(out)
+    if affine is None and activation is not None:
+        out = activation(out)
+    return out
+
+
+def _pixel_rows(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B*H*W, C); a view when x is channels-last."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
 class LinearProjection(nn.Module):
     """Per-pixel Linear (`proj`) on a map: (B, Cin, H, W) -> (B, Cout, H, W)."""
 
@@ -62,8 +158,7 @@ class LinearProjection(nn.Module):
         self.proj = nn.Linear(in_channels, out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        # NHWC view of a channels-last map, so Linear runs without a copy
-        return self.proj(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return pointwise(x, self.proj.weight, self.proj.bias)
 
 
 class MLPDecoder(nn.Module):
@@ -97,12 +192,22 @@ class MLPDecoder(nn.Module):
 
     def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         c1, c2, c3, c4 = features
-        size = c1.shape[-2:]
-        coarse = [self.linear_c4(c4), self.linear_c3(c3), self.linear_c2(c2)]  # (B, E, H_k, W_k)
-        resized = [F.interpolate(p, size, mode="bilinear", align_corners=False) for p in coarse]
-        fused = torch.cat([*resized, self.linear_c1(c1)], dim=1)  # (B, 4E, H/4, W/4): c4,c3,c2,c1
-        fused = self.linear_fuse(fused)  # (B, E, H/4, W/4)
-        return self.linear_pred(self.dropout(fused)), fused
+        projections = (self.linear_c4, self.linear_c3, self.linear_c2, self.linear_c1)
+        # linear_fuse.conv on concat(up(c4'), up(c3'), up(c2'), c1') (B, 4E, H/4, W/4), c_k' the
+        # projections: fold each (E, E) block of its weight into that projection instead
+        blocks = self.linear_fuse.conv.weight.flatten(1).chunk(len(projections), dim=1)
+        weights = [block @ p.proj.weight for block, p in zip(blocks, projections, strict=True)]
+        biases = [block @ p.proj.bias for block, p in zip(blocks, projections, strict=True)]
+        fused = fold_sum(  # (B, E, H/4, W/4); c1 first: it sets the size
+            [c1, c4, c3, c2],
+            [weights[3], *weights[:3]],
+            [biases[3], *biases[:3]],
+            align_corners=False,
+            bn=self.linear_fuse.bn,
+            activation=self.linear_fuse.act,
+        )
+        logits = pointwise(self.dropout(fused), self.linear_pred.weight, self.linear_pred.bias)
+        return logits, fused
 
 
 def _conv_bn_act(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -120,7 +225,7 @@ class EdgeModule(nn.Module):
         out_channels: edge classes (2: background, edge).
 
     Input: three maps (B, C_k, H_k, W_k). Output: (edge logits (B, out, H_1, W_1),
-    edge features (B, 3 * mid, H_1, W_1)).
+    edge features (B, 3 * mid, H_1, W_1)); `forward_levels` gives the features unresized.
     """
 
     def __init__(
@@ -138,13 +243,22 @@ class EdgeModule(nn.Module):
         self.conv4 = nn.Conv2d(mid_channels, out_channels, 3, padding=1)  # shared by all levels
         self.conv5 = nn.Conv2d(3 * out_channels, out_channels, 1)
 
-    def forward(self, x1: Tensor, x2: Tensor, x3: Tensor) -> tuple[Tensor, Tensor]:
-        size = x1.shape[-2:]
-        feas = [self.conv1(x1), self.conv2(x2), self.conv3(x3)]  # (B, mid, H_k, W_k)
+    def forward_levels(self, x1: Tensor, x2: Tensor, x3: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Edge logits (B, out, H_1, W_1) and the three features (B, mid, H_k, W_k) unresized."""
+        feas = [
+            fold_sum([x], [conv[0].weight.flatten(1)], [None], align_corners=True, bn=conv[1])
+            for conv, x in ((self.conv1, x1), (self.conv2, x2), (self.conv3, x3))
+        ]
         edges = [self.conv4(fea) for fea in feas]  # (B, out, H_k, W_k)
+        # conv5 on concat(e1, up(e2), up(e3)) (B, 3*out, H/4, W/4) -> (B, out, H/4, W/4), folded
+        blocks = self.conv5.weight.flatten(1).chunk(len(edges), dim=1)
+        edge = fold_sum(edges, blocks, [self.conv5.bias, None, None], align_corners=True)
+        return edge, feas
+
+    def forward(self, x1: Tensor, x2: Tensor, x3: Tensor) -> tuple[Tensor, Tensor]:
+        edge, feas = self.forward_levels(x1, x2, x3)
+        size = x1.shape[-2:]
         feas[1:] = [_upsample_corners(fea, size) for fea in feas[1:]]
-        edges[1:] = [_upsample_corners(edge, size) for edge in edges[1:]]
-        edge = self.conv5(torch.cat(edges, dim=1))  # (B, 3*out, H/4, W/4) -> (B, out, H/4, W/4)
         return edge, torch.cat(feas, dim=1)  # edge features (B, 3*mid, H/4, W/4)
 
 
@@ -152,14 +266,31 @@ def _upsample_corners(x: Tensor, size: torch.Size) -> Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
+class FusionHead(nn.Sequential):
+    """CE2P fusion classifier: 0 conv 1x1 (no bias), 1 BatchNormAct2d, 2 Dropout2d, 3 conv 1x1.
+
+    Input: the parsing feature (B, E, H, W) and, optionally, the edge features at their own
+    resolutions (`EdgeModule.forward_levels`), read as concat(parsing, up(edge features)) with
+    align_corners=True resizes; without them `parsing_fea` is the whole (B, in, H, W) input.
+    Output: (B, K, H, W).
+    """
+
+    def forward(self, parsing_fea: Tensor, edge_feas: Sequence[Tensor] = ()) -> Tensor:
+        conv, bn, dropout, classifier = self
+        maps = [parsing_fea, *edge_feas]
+        blocks = conv.weight.flatten(1).split([x.shape[1] for x in maps], dim=1)
+        x = fold_sum(maps, blocks, [None] * len(maps), align_corners=True, bn=bn)  # (B, mid, ...)
+        return pointwise(dropout(x), classifier.weight, classifier.bias)
+
+
 def build_fusion_head(
     in_channels: int, num_classes: int, mid_channels: int = FUSION_CHANNELS
-) -> nn.Sequential:
-    """CE2P fusion classifier: (B, in, H, W) -> (B, K, H, W).
+) -> FusionHead:
+    """CE2P fusion classifier: (B, in, H, W) -> (B, K, H, W) (see `FusionHead`).
 
     Indices as SCHP: 0 conv 1x1 (no bias), 1 BatchNormAct2d, 2 Dropout2d, 3 conv 1x1.
     """
-    return nn.Sequential(
+    return FusionHead(
         nn.Conv2d(in_channels, mid_channels, 1, bias=False),
         BatchNormAct2d(mid_channels),
         nn.Dropout2d(HEAD_DROPOUT),

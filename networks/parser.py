@@ -7,7 +7,6 @@ parser returns) and `InputSpec` (what it expects as input).
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import torch
 from torch import Tensor, nn
 
 from networks.heads import EdgeModule, MLPDecoder, build_fusion_head
@@ -76,6 +75,6 @@ class SegFormerParser(nn.Module):
     def forward(self, x: Tensor) -> ParsingOutput:
         c1, c2, c3, c4 = self.backbone(x)  # strides 4, 8, 16, 32
         parsing, parsing_fea = self.head([c1, c2, c3, c4])  # (N, K|E, H/4, W/4)
-        edge, edge_fea = self.edge(c1, c2, c3)  # (N, 2|3*mid, H/4, W/4)
-        fusion = self.fusion(torch.cat([parsing_fea, edge_fea], dim=1))  # in: (N, E+3*mid, ...)
+        edge, edge_feas = self.edge.forward_levels(c1, c2, c3)  # (N, 2, H/4, W/4), 3 x mid maps
+        fusion = self.fusion(parsing_fea, edge_feas)  # as on concat (N, E + 3*mid, H/4, W/4)
         return ParsingOutput(parsing, fusion, edge)

@@ -1,0 +1,147 @@
+"""The speed-ups of issue 7 compute what the plain formulations compute.
+
+- heads: the decoder's `linear_fuse` and the fusion head's first conv are evaluated without their
+  concats (folded per input block, BatchNorm folded in eval); a naive concat-and-conv reference
+  built from the same modules must give the same outputs, gradients and BN statistics;
+- data: uint8 images normalised on the batch equal the loader's float images; OpenCV's greyscale
+  PNG decoding equals PIL's; the 4-channel warp equals the plain 3-channel warp.
+"""
+
+import copy
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+
+from datasets.lip import LIPDataset, read_label_png
+from datasets.transforms import normalize_batch, warp_image
+from networks import SCHP_BGR, build_model
+from networks.parser import IMAGENET_RGB
+
+NUM_CLASSES = 5
+INPUT_SHAPE = (2, 3, 97, 70)  # odd sizes: the stride-8/16/32 maps are not exact halvings
+CROP = (128, 96)
+ATOL = 1e-5
+
+
+def _randomise_norms(model: nn.Module) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            shape = module.weight.shape
+            module.weight.data = 0.5 + torch.rand(shape, generator=generator)
+            module.bias.data = 0.1 * torch.randn(shape, generator=generator)
+            module.running_mean = 0.1 * torch.randn(shape, generator=generator)
+            module.running_var = 0.5 + torch.rand(shape, generator=generator)
+
+
+def _project(projection: nn.Module, x: Tensor) -> Tensor:
+    return F.linear(x.permute(0, 2, 3, 1), projection.proj.weight, projection.proj.bias).permute(
+        0, 3, 1, 2
+    )
+
+
+def naive_heads(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(parsing, fusion, edge) through the explicit concats and the modules' plain forwards."""
+    c1, c2, c3, c4 = model.backbone(x)
+    head, edge_module = model.head, model.edge
+    size = c1.shape[-2:]
+    coarse = [(head.linear_c4, c4), (head.linear_c3, c3), (head.linear_c2, c2)]
+    resized = [F.interpolate(_project(p, c), size, mode="bilinear") for p, c in coarse]
+    fused = head.linear_fuse(torch.cat([*resized, _project(head.linear_c1, c1)], dim=1))
+    parsing = head.linear_pred(head.dropout(fused))
+
+    def up(t: Tensor) -> Tensor:
+        return F.interpolate(t, size, mode="bilinear", align_corners=True)
+
+    feas = [edge_module.conv1(c1), edge_module.conv2(c2), edge_module.conv3(c3)]
+    edges = [edge_module.conv4(fea) for fea in feas]
+    edge = edge_module.conv5(torch.cat([edges[0], up(edges[1]), up(edges[2])], dim=1))
+    edge_fea = torch.cat([feas[0], up(feas[1]), up(feas[2])], dim=1)
+    fusion = nn.Sequential.forward(model.fusion, torch.cat([fused, edge_fea], dim=1))
+    return parsing, fusion, edge
+
+
+@pytest.fixture(scope="module")
+def b0() -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model("segformer_mit_b0", NUM_CLASSES)
+    _randomise_norms(model)
+    return model
+
+
+def test_folded_heads_equal_the_concat_reference_in_eval(b0: nn.Module) -> None:
+    x = torch.randn(INPUT_SHAPE)
+    b0.eval()
+    with torch.inference_mode():
+        ours = b0(x)
+        reference = naive_heads(b0, x)
+    for mine, theirs in zip(ours, reference, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=ATOL, rtol=0)
+
+
+def test_folded_heads_train_with_the_same_gradients_and_bn_statistics(b0: nn.Module) -> None:
+    x = torch.randn(INPUT_SHAPE)
+    models = [copy.deepcopy(b0).train(), copy.deepcopy(b0).train()]
+    grads, buffers = [], []
+    forwards = (lambda m: tuple(m(x)), lambda m: naive_heads(m, x))
+    for model, forward in zip(models, forwards, strict=True):
+        for module in model.modules():
+            if isinstance(module, nn.Dropout2d):
+                module.eval()  # the same masks on both sides: none
+        torch.manual_seed(1)  # the same DropPath draws in both backbones
+        loss = sum(out.square().mean() for out in forward(model))
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        buffers.append(dict(model.named_buffers()))
+    assert grads[0].keys() == grads[1].keys()
+    scale = max(g.abs().max() for g in grads[1].values())
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[0][name], grad, atol=1e-5 * scale, rtol=0, msg=name)
+    for name, buffer in buffers[1].items():
+        torch.testing.assert_close(buffers[0][name], buffer, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("spec", [IMAGENET_RGB, SCHP_BGR], ids=["rgb", "bgr"])
+def test_uint8_images_normalised_on_the_batch_equal_float_images(lip_sample_root, spec) -> None:
+    common = dict(input_size=CROP, input_spec=spec, augment=True, flip_prob=0.0)
+    wide = LIPDataset(lip_sample_root, "val", **common)
+    compact = LIPDataset(lip_sample_root, "val", **common, image_dtype=torch.uint8)
+    samples = [compact[i] for i in range(len(compact))]
+    assert samples[0]["image"].dtype == torch.uint8 and samples[0]["image"].shape == (3, *CROP)
+    images = normalize_batch(torch.stack([s["image"] for s in samples]), spec)
+    expected = torch.stack([wide[i]["image"] for i in range(len(wide))])
+    torch.testing.assert_close(images, expected, atol=1e-6, rtol=0)
+    for i, sample in enumerate(samples):
+        assert torch.equal(sample["label"], wide[i]["label"])
+    with pytest.raises(ValueError, match="image_dtype"):
+        LIPDataset(lip_sample_root, "val", image_dtype=torch.float16)
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_batch(images, spec)
+
+
+@pytest.mark.parametrize("mode", ["L", "P"])
+def test_label_png_decoding_equals_pil(tmp_path, mode: str) -> None:
+    values = np.random.default_rng(0).integers(0, 20, (37, 23), dtype=np.uint8)
+    image = Image.fromarray(values, mode="L")
+    if mode == "P":
+        image = image.convert("P")
+        image.putpalette([255, 255, 255] * 256)  # luminance would read every id as 255
+    path = tmp_path / "label.png"
+    image.save(path)
+    np.testing.assert_array_equal(read_label_png(path), values)
+
+
+@pytest.mark.parametrize("swap_rb", [False, True])
+@pytest.mark.parametrize("source_hw", [(90, 70), (700, 500)], ids=["padded", "large"])
+def test_warp_image_equals_the_plain_three_channel_warp(source_hw, swap_rb: bool) -> None:
+    image = np.random.default_rng(1).integers(0, 256, (*source_hw, 3), dtype=np.uint8)
+    matrix = np.array([[0.31, 0.05, -4.2], [-0.04, 0.29, 3.7]])
+    plain = cv2.warpAffine(image, matrix, (30, 40), flags=cv2.INTER_LINEAR, borderValue=0)
+    if swap_rb:
+        plain = plain[:, :, ::-1]
+    np.testing.assert_array_equal(warp_image(image, matrix, (40, 30), swap_rb=swap_rb), plain)
