@@ -1,0 +1,142 @@
+"""Python API for try-on pipelines: parse photos and build try-on masks.
+
+from networks.api import HumanParser
+parser = HumanParser.from_checkpoint("log/run/best.pth.tar", device="cuda")
+labels = parser.parse(image)            # (H, W) uint8 class ids at the photo's size
+mask = parser.masks(image, "upper")     # (H, W) uint8, 0 or 255
+
+Images are RGB numpy arrays (H, W[, 3|4] uint8) or PIL images. extract.py runs the same steps
+(`predict` on a batch of crops, `to_original` per photo) with decoding in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from datasets.images import prepare_image
+from datasets.labels import LabelSet
+from datasets.transforms import logits_to_original
+from networks.weights import WeightsError, load_weights
+from utils.distributed import resolve_device
+from utils.inference import argmax_labels, predict_logits
+
+RGB_CHANNELS = (3, 4)  # RGB, or RGBA whose alpha is dropped
+
+
+def _as_rgb(image) -> np.ndarray:
+    """PIL image or (H, W[, 3|4]) uint8 array (RGB order) -> (H, W, 3) uint8 RGB."""
+    if hasattr(image, "convert"):
+        image = np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in RGB_CHANNELS or array.dtype != np.uint8:
+        raise ValueError(
+            f"HumanParser: expected an RGB uint8 image (H, W, 3), got shape {array.shape} "
+            f"{array.dtype}; convert it, e.g. np.asarray(pil_image.convert('RGB'))"
+        )
+    return np.ascontiguousarray(array[..., :3])
+
+
+class HumanParser:
+    """A trained parser with its label set and input convention, ready for photos.
+
+    Args:
+        model: a network from `networks.build_model` (weights loaded).
+        label_set: the classes the model predicts.
+        input_size: crop (H, W) the model was trained with.
+        device: torch device; amp: "off", "bf16" or "fp16".
+        flip: average with the mirrored photo; scales: test scales of the crop.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        label_set: LabelSet,
+        input_size: tuple[int, int] = (512, 384),
+        device: str | torch.device = "cpu",
+        amp: str = "off",
+        flip: bool = False,
+        scales: Sequence[float] = (1.0,),
+    ):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.label_set = label_set
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.amp = amp
+        self.scales = tuple(scales)
+        self.flip_permutation = torch.as_tensor(label_set.flip_permutation()) if flip else None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", **kwargs) -> HumanParser:
+        """Load a self-describing checkpoint written by train.py (arch, label set, input size).
+
+        Keyword arguments go to `HumanParser` (`input_size` overrides the training crop).
+        Raises FileNotFoundError or ValueError with a message naming the file and the fix.
+        """
+        from networks import build_model
+        from utils.checkpoint import read_checkpoint
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint; check the path")
+        try:
+            state = read_checkpoint(path)
+        except SystemExit as err:  # the script-side reader reports bad files as one line
+            raise ValueError(str(err)) from None
+        if "arch" not in state or not state.get("label_set"):
+            raise ValueError(
+                f"{path}: no arch/label set inside (not written by train.py); "
+                "build the model with networks.build_model and use HumanParser(...)"
+            )
+        model = build_model(state["arch"], state["num_classes"])
+        try:
+            load_weights(model, state)  # the dict already read: no second read of the file
+        except WeightsError as err:
+            raise ValueError(f"{path}: {err}") from None
+        input_size = kwargs.pop("input_size", None) or state["input"]["size"]
+        label_set = LabelSet.from_dict(state["label_set"])
+        return cls(model, label_set, input_size, resolve_device(device), **kwargs)
+
+    def predict(self, crops: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) fusion logits (stride 4) of (N, 3, H, W) normalised crops."""
+        crops = crops.to(self.device, non_blocking=True)
+        return predict_logits(self.model, crops, self.scales, self.flip_permutation, self.amp)
+
+    def to_original(self, crop_logits: torch.Tensor, meta: dict) -> torch.Tensor:
+        """(C, h, w) logits of one crop -> (C, H, W) float32 logits on the photo (`meta` from
+        `prepare_image`), by the inverse crop affine."""
+        return logits_to_original(
+            crop_logits[None],
+            meta["center"],
+            meta["scale"],
+            (meta["height"], meta["width"]),
+            self.input_size,
+        )[0]
+
+    def logits(self, images: Sequence) -> list[torch.Tensor]:
+        """(C, H, W) float32 logits of each photo at its own size."""
+        prepared = [
+            prepare_image(_as_rgb(image), self.input_size, self.model.input_spec)
+            for image in images
+        ]
+        crop_logits = self.predict(torch.stack([tensor for tensor, _ in prepared]))
+        return [self.to_original(crop_logits[i], meta) for i, (_, meta) in enumerate(prepared)]
+
+    def parse(self, image) -> np.ndarray:
+        """(H, W) uint8 class ids of one photo (numpy RGB or PIL), at the photo's size."""
+        return self.parse_batch([image])[0]
+
+    def parse_batch(self, images: Sequence) -> list[np.ndarray]:
+        """`parse` for several photos in one forward pass (sizes may differ)."""
+        return [argmax_labels(logits) for logits in self.logits(images)]
+
+    def masks(self, image, kind: str = "upper") -> np.ndarray:
+        """(H, W) uint8 try-on mask (0/255) of `kind` (upper, lower, overall, inner, outer)."""
+        from utils.masks import build_mask
+
+        return build_mask(self.parse(image), self.label_set, kind)
