@@ -15,7 +15,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

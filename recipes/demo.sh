@@ -10,11 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${DEMO_OUT:-demo_out}
+# OpenMP threads that busy-wait steal the cores from the DataLoader workers: let them sleep.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 if [[ "${DEMO_FAST:-0}" == "1" ]]; then
   NUM_TRAIN=16 NUM_VAL=4 SIZE=96,72 CROP=64,48 EPOCHS=2 BATCH=4
 else
-  NUM_TRAIN=240 NUM_VAL=40 SIZE=256,192 CROP=128,96 EPOCHS=8 BATCH=8
+  NUM_TRAIN=${DEMO_NUM_TRAIN:-400} NUM_VAL=40 SIZE=256,192 CROP=128,96 BATCH=8
+  EPOCHS=${DEMO_EPOCHS:-12}
 fi
 SCHP_START=$((EPOCHS - 1))
 
