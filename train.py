@@ -39,15 +39,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from datasets.labels import LabelSet
 from datasets.lip import LIPDataset
-from datasets.transforms import FLIP_PROB, ROTATION_FACTOR, SCALE_FACTOR
+from datasets.transforms import (
+    FLIP_PROB,
+    ROTATION_FACTOR,
+    SCALE_FACTOR,
+    generate_edge,
+    normalize_batch,
+)
 from evaluate import build_eval_dataset, evaluate
 from networks import ParsingOutput, build_model
+from networks.parser import InputSpec
 from networks.weights import WeightsError, load_pretrained_backbone, load_weights
 from utils import checkpoint as ckpt
 from utils.cli import apply_gpu_flag, common_parser, optional_path, resolve_labels
@@ -146,6 +153,9 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
 def build_train_loader(args, label_set, lut, input_spec, info: DistInfo) -> DataLoader:
     """Loader of the augmented training set with a DistributedSampler (set both epochs).
 
+    Batches hold uint8 images and labels without edges (4x/8x fewer bytes from the workers):
+    `prepare_batch` normalises them and makes the edge targets on the device.
+
     Raises:
         FileNotFoundError, ValueError: the data folder's layout or contents are wrong.
     """
@@ -162,6 +172,9 @@ def build_train_loader(args, label_set, lut, input_spec, info: DistInfo) -> Data
         flip_prob=FLIP_PROB if args.random_mirror else 0.0,
         scale_factor=SCALE_FACTOR if args.random_scale else 0.0,
         rotation_factor=ROTATION_FACTOR if args.random_scale else 0.0,
+        with_edge=False,
+        target_dtype=torch.uint8,
+        image_dtype=torch.uint8,
     )
     if len(train_set) < args.batch_size * info.world_size:
         raise SystemExit(
@@ -180,6 +193,13 @@ def build_train_loader(args, label_set, lut, input_spec, info: DistInfo) -> Data
         drop_last=True,
         generator=torch.Generator().manual_seed(args.seed),
     )
+
+
+def prepare_batch(batch: dict, input_spec: InputSpec, device: torch.device) -> tuple[Tensor, ...]:
+    """Loader batch -> (normalised float images, int64 labels, int64 edge targets) on `device`."""
+    images = normalize_batch(batch["image"].to(device), input_spec)
+    labels = batch["label"].to(device)
+    return images, labels.long(), generate_edge(labels).long()
 
 
 def restore_weights(args, model: nn.Module, teacher: nn.Module) -> int:
@@ -230,6 +250,11 @@ class Run:
     @property
     def log_dir(self) -> Path:
         return Path(self.args.log_dir)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """Normalisation of the model's input (the loader yields uint8 images)."""
+        return ckpt.unwrap_model(self.model).input_spec
 
 
 def setup(args: argparse.Namespace) -> Run:
@@ -296,7 +321,7 @@ def train_one_epoch(run: Run, epoch: int, lr: float) -> dict[str, float]:
     sums = torch.zeros(len(LOSS_PARTS) + 1, dtype=torch.float64)  # loss parts, steps
     bar = tqdm(run.loader, desc=f"epoch {epoch}", disable=not info.is_main, dynamic_ncols=True)
     for step, batch in enumerate(bar):
-        images, labels, edges = (batch[k].to(info.device) for k in ("image", "label", "edge"))
+        images, labels, edges = prepare_batch(batch, run.input_spec, info.device)
         soft = None
         if cycle_n >= 1:
             with torch.no_grad(), autocast(info.device, args.amp):
@@ -327,7 +352,9 @@ def self_correct(run: Run, epoch: int) -> None:
     moving_average(run.teacher, ckpt.unwrap_model(run.model), 1.0 / (run.cycle_n + 1))
     run.cycle_n += 1
     amp_dtype = AMP_DTYPES.get(run.args.amp)
-    bn_re_estimate(run.teacher, run.loader, run.info.device, amp_dtype=amp_dtype)
+    bn_re_estimate(
+        run.teacher, run.loader, run.info.device, amp_dtype=amp_dtype, input_spec=run.input_spec
+    )
     if run.info.is_main:
         state = ckpt.model_record(run.teacher, run.label_set, run.args.input_size)
         state.update(cycle_n=run.cycle_n, epoch=epoch + 1)

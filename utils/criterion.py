@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from datasets.labels import IGNORE_INDEX
 from datasets.transforms import EDGE_WIDTH
@@ -119,34 +120,73 @@ def edge_class_weights(edge: Tensor, valid: Tensor) -> Tensor:
     return torch.where(positive, w_edge, w_non_edge) * valid
 
 
-def parsing_edge_map(probs: Tensor, valid: Tensor, width: int = EDGE_WIDTH) -> Tensor:
+# The four neighbour pairs of `generate_edge`: (slice of pixel a, slice of pixel b), a is marked.
+_FULL, _HEAD, _TAIL = slice(None), slice(None, -1), slice(1, None)
+_PAIRS = (
+    ((_TAIL, _FULL), (_HEAD, _FULL)),  # vertical: lower pixel
+    ((_FULL, _HEAD), (_FULL, _TAIL)),  # horizontal: left pixel
+    ((_HEAD, _HEAD), (_TAIL, _TAIL)),  # diagonal: top-left pixel
+    ((_HEAD, _TAIL), (_TAIL, _HEAD)),  # anti-diagonal: top-right pixel
+)
+
+
+def _pair_masks(valid: Tensor) -> list[Tensor]:
+    """Per neighbour pair, (N, H', W') bool: both pixels valid (computed once per batch)."""
+    return [valid[(..., *a)] & valid[(..., *b)] for a, b in _PAIRS]
+
+
+class _PairDistance(torch.autograd.Function):
+    """(N, C, H, W) probs -> (4, N, H, W): Σ_c|p_a - p_b| of each neighbour pair at its marked
+    pixel, 0 where a pixel is invalid or unmarked. The backward accumulates into one gradient
+    tensor instead of autograd's zero-filled full-size gradient per slice."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, probs: Tensor, *pair_masks: Tensor) -> Tensor:
+        n, _, h, w = probs.shape
+        raw = probs.new_zeros(4, n, h, w)
+        for k, ((a, b), both) in enumerate(zip(_PAIRS, pair_masks, strict=True)):
+            distance = (probs[(..., *a)] - probs[(..., *b)]).abs_().sum(dim=1)
+            raw[(k, ..., *a)] = distance.masked_fill_(~both, 0.0)
+        ctx.save_for_backward(probs, *pair_masks)
+        return raw
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_raw: Tensor) -> tuple[Tensor | None, ...]:
+        probs, *pair_masks = ctx.saved_tensors
+        grad = torch.zeros_like(probs)
+        for k, ((a, b), both) in enumerate(zip(_PAIRS, pair_masks, strict=True)):
+            upstream = grad_raw[(k, ..., *a)].masked_fill(~both, 0.0).unsqueeze(1)
+            part = (probs[(..., *a)] - probs[(..., *b)]).sgn_().mul_(upstream)
+            grad[(..., *a)] += part
+            grad[(..., *b)] -= part
+        return (grad, *(None for _ in pair_masks))
+
+
+def parsing_edge_map(
+    probs: Tensor,
+    valid: Tensor,
+    width: int = EDGE_WIDTH,
+    pair_masks: list[Tensor] | None = None,
+) -> Tensor:
     """Differentiable edge map of a parsing prediction, in [0, 1].
 
     Args:
         probs: (N, C, H, W) class probabilities.
         valid: (N, H, W) bool, False at ignore pixels (pairs touching them are not edges).
         width: dilation window, as `datasets.transforms.generate_edge`.
+        pair_masks: `_pair_masks(valid)`, to share between predictions of one batch.
 
     Returns:
         (N, H, W); on one-hot probabilities it equals `generate_edge` of the argmax labels.
     """
-    v = valid.float()
-
-    def pair(a: tuple[slice, slice], b: tuple[slice, slice], pad: tuple[int, ...]) -> Tensor:
-        tv = 0.5 * (probs[(..., *a)] - probs[(..., *b)]).abs().sum(dim=1)  # (N, H', W')
-        return F.pad(tv * v[(..., *a)] * v[(..., *b)], pad)  # back to (N, H, W), marked pixel
-
-    full, head, tail = slice(None), slice(None, -1), slice(1, None)
-    raw = torch.stack(
-        [
-            pair((tail, full), (head, full), (0, 0, 1, 0)),  # vertical: lower pixel
-            pair((full, head), (full, tail), (0, 1, 0, 0)),  # horizontal: left pixel
-            pair((head, head), (tail, tail), (0, 1, 0, 1)),  # diagonal: top-left pixel
-            pair((head, tail), (tail, head), (1, 0, 0, 1)),  # anti-diagonal: top-right pixel
-        ]
-    ).amax(dim=0)
-    dilated = F.max_pool2d(raw.unsqueeze(1), width, stride=1, padding=width // 2).squeeze(1)
-    return dilated * v  # ignore pixels are never edges, as in `generate_edge`
+    if pair_masks is None:
+        pair_masks = _pair_masks(valid)
+    # Σ_c|p_a - p_b| of each pair at its marked pixel; the ½ of the total-variation distance is
+    # applied after the max (exact: a power-of-two scale commutes with max).
+    raw = _PairDistance.apply(probs, *pair_masks)
+    dilated = F.max_pool2d(raw.amax(dim=0).unsqueeze(1), width, stride=1, padding=width // 2)
+    return dilated.squeeze(1).mul(0.5).masked_fill(~valid, 0.0)  # ignore pixels: never edges
 
 
 class CE2PLoss(nn.Module):
@@ -225,6 +265,7 @@ class CE2PLoss(nn.Module):
 
         seg = edge_term.new_zeros(())
         cons = edge_term.new_zeros(())
+        pair_masks = _pair_masks(valid)
         for logits in (output.parsing, output.fusion):
             logits = _upsample(logits, size)
             probs = F.softmax(logits, dim=1)
@@ -238,7 +279,10 @@ class CE2PLoss(nn.Module):
                 hard = F.one_hot(logits.detach().argmax(1), logits.shape[1])
                 probs = hard.permute(0, 3, 1, 2).to(logits.dtype)  # (N, C, H, W) one-hot
             mismatch = F.smooth_l1_loss(
-                parsing_edge_map(probs, valid), edge_prob, reduction="none", beta=SMOOTH_L1_BETA
+                parsing_edge_map(probs, valid, pair_masks=pair_masks),
+                edge_prob,
+                reduction="none",
+                beta=SMOOTH_L1_BETA,
             )
             cons = cons + self.lambda_c * _weighted_mean(mismatch, pixel_weight)
 

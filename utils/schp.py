@@ -32,6 +32,9 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from datasets.transforms import normalize_batch
+from networks.parser import InputSpec
+
 logger = logging.getLogger(__name__)
 
 
@@ -84,6 +87,7 @@ def bn_re_estimate(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     max_batches: int | None = None,
+    input_spec: InputSpec | None = None,
 ) -> nn.Module:
     """Recompute every BatchNorm's running statistics over `loader` (module docstring).
 
@@ -93,6 +97,8 @@ def bn_re_estimate(
         device: where the model runs.
         amp_dtype: autocast dtype (torch.bfloat16 / torch.float16), None for full precision.
         max_batches: stop after this many batches (None: the whole loader).
+        input_spec: normalisation of uint8 images (`LIPDataset(image_dtype=torch.uint8)`);
+            float images are used as they are.
 
     Returns:
         The model, in eval mode.
@@ -115,6 +121,10 @@ def bn_re_estimate(
         if max_batches is not None and index >= max_batches:
             break
         images = batch["image"].to(device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            if input_spec is None:
+                raise ValueError("bn_re_estimate: uint8 images need input_spec to be normalised")
+            images = normalize_batch(images, input_spec)
         size = images.shape[0]
         for m in norms:
             m.momentum = size / (seen + size)
