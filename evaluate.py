@@ -199,7 +199,7 @@ def load_model_for_eval(args):
     if args.input_size is None:
         args.input_size = FOREIGN_INPUT_SIZE
     label_set, lut = resolve_labels(args, label_set)
-    model = build_model(args.arch, label_set.num_classes)
+    model = build_model(args.arch, label_set.num_classes, heads=state.get("heads", "full"))
     try:
         load_weights(model, args.model_restore)
     except WeightsError as err:

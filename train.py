@@ -19,6 +19,10 @@ Several processes (one per GPU, or gloo workers on CPU), and continuing a killed
     torchrun --nproc_per_node=2 train.py --device cuda ...
     python train.py <same flags> --resume ./log/segformer_big/lip_train/checkpoint.pth.tar
 
+The plain SegFormer ablation (issue 8, `recipes/ccp.sh`): no edge/fusion heads, plain CE, no SCHP:
+
+    python train.py --arch segformer_mit_b0 ... --heads plain --loss ce --no-schp
+
 Writes to --log-dir: args.json, train.log, log.jsonl (every step), loss_per_epoch.txt, curves.png,
 checkpoint.pth.tar (latest), checkpoint_{epoch}, schp_{cycle}_checkpoint.pth.tar, best.pth.tar.
 Dropout is seeded from (seed, epoch, rank) each epoch and augmentation from (seed, epoch, index),
@@ -53,12 +57,12 @@ from datasets.transforms import (
     normalize_batch,
 )
 from evaluate import build_eval_dataset, evaluate
-from networks import ParsingOutput, build_model
+from networks import HEADS, ParsingOutput, build_model
 from networks.parser import InputSpec
 from networks.weights import WeightsError, load_pretrained_backbone, load_weights
 from utils import checkpoint as ckpt
 from utils.cli import apply_gpu_flag, common_parser, optional_path, resolve_labels
-from utils.criterion import CONSISTENCY_MODES, CE2PLoss
+from utils.criterion import CONSISTENCY_MODES, LOSSES, build_criterion
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from utils.inference import AMP_DTYPES, autocast
 from utils.logger import JsonlWriter, plot_curves, setup_logging
@@ -95,6 +99,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     _flag(opt, "warmup-epochs", type=int, default=10, help="Linear LR warmup epochs.")
     _flag(opt, "only_train_module", help="Train only these top-level modules, e.g. head,edge.")
     loss = parser.add_argument_group("loss")
+    losses = "ce2p: Lovasz + CE, edge and consistency (CE2P); ce: plain CE on the parsing logits."
+    _flag(loss, "loss", default="ce2p", choices=LOSSES, help=losses)
     _flag(loss, "lambda-s", type=float, default=1.0, help="Weight of the parsing losses.")
     _flag(loss, "lambda-e", type=float, default=1.0, help="Weight of the edge loss.")
     _flag(loss, "lambda-c", type=float, default=0.1, help="Weight of the consistency loss.")
@@ -105,12 +111,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     _flag(schp, "cycle-epochs", type=int, default=10, help="Epochs per SCHP cycle.")
     _flag(schp, "schp-restore", type=optional_path, help="Teacher weights (and its cycle_n).")
     _flag(schp, "reset_schp_cycle", action="store_true", help="Cycle 0 after --schp-restore.")
+    no_schp = "No self-correction at all: cosine LR to the last epoch, no aggregation."
+    _flag(schp, "no-schp", action="store_true", help=no_schp)
     data = parser.add_argument_group("training data")
     _flag(data, "num_samples", type=int, default=-1, help="Seeded random subset size (-1: all).")
     on_off = argparse.BooleanOptionalAction
     _flag(data, "random-mirror", action=on_off, default=True, help="Random horizontal flips.")
     _flag(data, "random-scale", action=on_off, default=True, help="Random scale and rotation.")
     run = parser.add_argument_group("run")
+    heads = "full: CE2P edge + fusion heads; plain: SegFormer decoder only (needs --loss ce)."
+    _flag(run, "heads", default="full", choices=HEADS, help=heads)
     pretrain = (
         "ImageNet backbone weights (NVlabs mit_b*.pth, HF mit-b*, SCHP resnet101); None: off."
     )
@@ -131,7 +141,11 @@ def check_args(args: argparse.Namespace, device: torch.device) -> None:
     for name in ("val_every", "warmup_epochs", "seed"):
         if getattr(args, name) < 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0; got {getattr(args, name)}")
-    if args.schp_start > args.epochs:
+    if args.heads == "plain" and args.loss != "ce":
+        raise SystemExit(
+            "--heads plain has no edge/fusion outputs for the CE2P loss; add --loss ce"
+        )
+    if args.schp_start > args.epochs and not args.no_schp:
         raise SystemExit(
             f"--schp-start {args.schp_start} is beyond --epochs {args.epochs}; no self-correction "
             "cycle would ever end: lower --schp-start or raise --epochs"
@@ -265,7 +279,10 @@ def setup(args: argparse.Namespace) -> Run:
     check_args(args, info.device)
     label_set, lut = resolve_labels(args)
     torch.manual_seed(args.seed)  # the same initial weights on every rank
-    model = build_model(args.arch, label_set.num_classes).to(info.device)
+    try:
+        model = build_model(args.arch, label_set.num_classes, heads=args.heads).to(info.device)
+    except ValueError as err:
+        raise SystemExit(f"--heads {args.heads}: {err}") from None
     teacher = copy.deepcopy(model)
     for flag in ("imagenet_pretrain", "model_restore", "schp_restore", "resume"):
         path = getattr(args, flag)
@@ -312,11 +329,16 @@ def setup(args: argparse.Namespace) -> Run:
     return Run(*parts, **progress)
 
 
+def as_float(output: ParsingOutput) -> ParsingOutput:
+    """Every logits tensor of a model output in float32 (a plain model's edge stays None)."""
+    return ParsingOutput(*(None if t is None else t.float() for t in output))
+
+
 def train_one_epoch(run: Run, epoch: int, lr: float) -> dict[str, float]:
     """One pass over the loader; every step goes to log.jsonl; returns mean losses (all ranks)."""
     args, info, cycle_n = run.args, run.info, run.cycle_n
     lambdas = (args.lambda_s, args.lambda_e, args.lambda_c)
-    criterion = CE2PLoss(*lambdas, consistency=args.cons_loss_type)
+    criterion = build_criterion(args.loss, *lambdas, consistency=args.cons_loss_type)
     set_train_mode(run.model)
     sums = torch.zeros(len(LOSS_PARTS) + 1, dtype=torch.float64)  # loss parts, steps
     bar = tqdm(run.loader, desc=f"epoch {epoch}", disable=not info.is_main, dynamic_ncols=True)
@@ -325,9 +347,9 @@ def train_one_epoch(run: Run, epoch: int, lr: float) -> dict[str, float]:
         soft = None
         if cycle_n >= 1:
             with torch.no_grad(), autocast(info.device, args.amp):
-                soft = ParsingOutput(*(t.float() for t in run.teacher(images)))
+                soft = as_float(run.teacher(images))
         with autocast(info.device, args.amp):
-            output = ParsingOutput(*(t.float() for t in run.model(images)))
+            output = as_float(run.model(images))
         loss, parts = criterion(output, labels, edges, soft=soft, cycle_n=cycle_n)
         if not torch.isfinite(loss):
             raise SystemExit(
@@ -382,7 +404,8 @@ def save_epoch(run: Run, epoch: int, record: dict) -> None:
 
 def main(args: argparse.Namespace) -> None:
     run = setup(args)
-    schedule = (args.epochs, args.warmup_epochs, args.schp_start, args.cycle_epochs)
+    schp_start = args.epochs if args.no_schp else args.schp_start  # no cycle: cosine to the end
+    schedule = (args.epochs, args.warmup_epochs, schp_start, args.cycle_epochs)
     for epoch in range(run.start_epoch, args.epochs):
         started = time.time()
         seed_epoch(args.seed, epoch, run.info.rank)
@@ -392,7 +415,7 @@ def main(args: argparse.Namespace) -> None:
         run.loader.dataset.set_epoch(epoch)
         record = {"type": "epoch", "epoch": epoch, **train_one_epoch(run, epoch, lr)}
         record.update(cycle_n=run.cycle_n, lr=lr)
-        if is_cycle_end(epoch, args.schp_start, args.cycle_epochs):
+        if not args.no_schp and is_cycle_end(epoch, args.schp_start, args.cycle_epochs):
             self_correct(run, epoch)
         last = epoch + 1 == args.epochs
         if run.val_set is not None and ((epoch + 1) % args.val_every == 0 or last):

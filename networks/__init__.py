@@ -9,15 +9,24 @@ from collections.abc import Callable
 from torch import nn
 
 from networks.mit import DEFAULT_DROP_PATH_RATE
-from networks.parser import IMAGENET_RGB, SCHP_BGR, InputSpec, ParsingOutput, SegFormerParser
+from networks.parser import (
+    HEADS,
+    IMAGENET_RGB,
+    SCHP_BGR,
+    InputSpec,
+    ParsingOutput,
+    SegFormerParser,
+)
 
 __all__ = [
+    "HEADS",
     "IMAGENET_RGB",
     "MODELS",
     "SCHP_BGR",
     "InputSpec",
     "ParsingOutput",
     "build_model",
+    "model_heads",
 ]
 
 NARROW_DECODER_DIM = 256  # official b0/b1 width, and the seed's b4
@@ -32,6 +41,7 @@ def _build_segformer(
     drop_path_rate: float = DEFAULT_DROP_PATH_RATE,
     ln_eps: float | None = None,
     decoder_dim: int | None = None,
+    heads: str = "full",
 ) -> SegFormerParser:
     """Assemble a SegFormer parser; the keyword options are those of every segformer builder.
 
@@ -39,6 +49,7 @@ def _build_segformer(
         drop_path_rate: backbone stochastic depth of the last block (linear from 0).
         ln_eps: one LayerNorm eps for the backbone (HF: 1e-5); None keeps the official eps.
         decoder_dim: MLP decoder width; None keeps the variant's default.
+        heads: "full" (CE2P edge + fusion) or "plain" (SegFormer decoder only).
     """
     return SegFormerParser(
         arch=f"segformer_{variant}",
@@ -47,6 +58,7 @@ def _build_segformer(
         decoder_dim=default_decoder_dim if decoder_dim is None else decoder_dim,
         drop_path_rate=drop_path_rate,
         ln_eps=ln_eps,
+        heads=heads,
     )
 
 
@@ -102,17 +114,30 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(arch: str, num_classes: int, **kw) -> nn.Module:
+def build_model(arch: str, num_classes: int, heads: str = "full", **kw) -> nn.Module:
     """Build a registered parser; every model returns `ParsingOutput` and has `input_spec`.
 
     Args:
         arch: a key of `MODELS`.
         num_classes: K, parsing classes.
+        heads: "full" (CE2P edge + fusion heads) or "plain" (SegFormer models only: no edge or
+            fusion head; `fusion` is the parsing output and `edge` is None).
         **kw: builder options (SegFormer: drop_path_rate, ln_eps, decoder_dim).
     """
     if arch not in MODELS:
         raise ValueError(f"networks: unknown arch {arch!r}; choose one of {sorted(MODELS)}")
-    return MODELS[arch](num_classes, **kw)
+    if heads not in HEADS:
+        raise ValueError(f"networks: unknown heads {heads!r}; choose one of {HEADS}")
+    if heads == "full":
+        return MODELS[arch](num_classes, **kw)
+    if not arch.startswith("segformer_"):
+        raise ValueError(f"networks: heads={heads!r} is for segformer_* models only, not {arch}")
+    return MODELS[arch](num_classes, heads=heads, **kw)
+
+
+def model_heads(model: nn.Module) -> str:
+    """The `heads` option a model was built with ("full" for models without the option)."""
+    return getattr(model, "heads", "full")
 
 
 def __getattr__(name: str):

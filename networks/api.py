@@ -93,7 +93,7 @@ class HumanParser:
                 f"{path}: no arch/label set inside (not written by train.py); "
                 "build the model with networks.build_model and use HumanParser(...)"
             )
-        model = build_model(state["arch"], state["num_classes"])
+        model = build_model(state["arch"], state["num_classes"], heads=state.get("heads", "full"))
         try:
             load_weights(model, state)  # the dict already read: no second read of the file
         except WeightsError as err:

@@ -16,12 +16,13 @@ from networks.mit import MixVisionTransformer
 class ParsingOutput(NamedTuple):
     """Logits at stride 4: (N, K, ceil(H/4), ceil(W/4)); `edge` has 2 channels.
 
-    Inference uses `fusion`; training uses all three.
+    Inference uses `fusion`; training uses all three. A model built with `heads="plain"` has no
+    edge or fusion branch: its `fusion` is its `parsing` tensor and its `edge` is None.
     """
 
     parsing: Tensor
     fusion: Tensor
-    edge: Tensor
+    edge: Tensor | None
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,13 @@ class InputSpec:
 IMAGENET_RGB = InputSpec((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "RGB")
 SCHP_BGR = InputSpec((0.406, 0.456, 0.485), (0.225, 0.224, 0.229), "BGR")
 
+HEADS = ("full", "plain")  # CE2P edge + fusion heads, or the bare SegFormer decoder (ablation)
+
 
 class SegFormerParser(nn.Module):
     """MiT backbone, SegFormer MLP decoder, CE2P edge module and fusion head.
+
+    With `heads="plain"` the edge module and fusion head are not built (plain SegFormer).
 
     Args:
         arch: registry name, e.g. "segformer_mit_b4" (recorded for checkpoints).
@@ -47,10 +52,11 @@ class SegFormerParser(nn.Module):
         decoder_dim: E, width of the MLP decoder (the parsing feature).
         drop_path_rate: backbone stochastic depth (last block).
         ln_eps: one LayerNorm eps for the whole backbone; None keeps the official eps.
+        heads: "full" (CE2P edge and fusion heads) or "plain" (decoder only), see `HEADS`.
 
     Input: (N, 3, H, W) normalised RGB (`input_spec`), any H and W.
     Output: `ParsingOutput` of (N, K, h, w), (N, K, h, w), (N, 2, h, w) with h, w = ceil(H/4),
-    ceil(W/4).
+    ceil(W/4). Plain: (parsing, parsing, None).
     """
 
     def __init__(
@@ -61,20 +67,28 @@ class SegFormerParser(nn.Module):
         decoder_dim: int,
         drop_path_rate: float,
         ln_eps: float | None = None,
+        heads: str = "full",
     ) -> None:
         super().__init__()
+        if heads not in HEADS:
+            raise ValueError(f"networks: unknown heads {heads!r}; choose one of {HEADS}")
         self.arch = arch
+        self.heads = heads
         self.num_classes = num_classes
         self.input_spec = IMAGENET_RGB
         self.backbone = MixVisionTransformer(variant, drop_path_rate=drop_path_rate, ln_eps=ln_eps)
         channels = self.backbone.out_channels
         self.head = MLPDecoder(channels, num_classes, decoder_dim)
+        if heads == "plain":
+            return
         self.edge = EdgeModule(channels[:3])
         self.fusion = build_fusion_head(decoder_dim + self.edge.feature_channels, num_classes)
 
     def forward(self, x: Tensor) -> ParsingOutput:
         c1, c2, c3, c4 = self.backbone(x)  # strides 4, 8, 16, 32
         parsing, parsing_fea = self.head([c1, c2, c3, c4])  # (N, K|E, H/4, W/4)
+        if self.heads == "plain":
+            return ParsingOutput(parsing, parsing, None)
         edge, edge_feas = self.edge.forward_levels(c1, c2, c3)  # (N, 2, H/4, W/4), 3 x mid maps
         fusion = self.fusion(parsing_fea, edge_feas)  # as on concat (N, E + 3*mid, H/4, W/4)
         return ParsingOutput(parsing, fusion, edge)

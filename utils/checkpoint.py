@@ -3,6 +3,7 @@
 A checkpoint is a plain dict that `torch.load(weights_only=True)` can read:
 
     arch, num_classes, label_set (LabelSet.to_dict()), input {size, mean, std, colour},
+    heads (only for a model built with heads other than "full": readers default to "full"),
     state_dict (from the unwrapped module, never with a `module.` prefix),
     and, for resume: optimizer, scaler, epoch, cycle_n, teacher_state_dict, best_miou,
     history, args. No RNG state: train.py seeds every epoch from (seed, epoch, rank).
@@ -49,8 +50,10 @@ def model_record(model: nn.Module, label_set: Any, input_size: tuple[int, int]) 
     """The part of a checkpoint that describes and holds the weights."""
     bare = unwrap_model(model)
     spec = bare.input_spec
+    heads = getattr(bare, "heads", "full")
     return {
         "arch": bare.arch,
+        **({"heads": heads} if heads != "full" else {}),
         "num_classes": bare.num_classes,
         "label_set": label_set.to_dict() if label_set is not None else None,
         "input": {

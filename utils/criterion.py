@@ -289,3 +289,62 @@ class CE2PLoss(nn.Module):
         edge_loss = self.lambda_e * edge_term
         total = seg + edge_loss + cons
         return total, {"seg": seg.detach(), "edge": edge_loss.detach(), "cons": cons.detach()}
+
+
+class CELoss(nn.Module):
+    """Plain cross-entropy on the parsing logits (the "plain SegFormer" ablation, `--loss ce`).
+
+    Reads only `output.parsing`, so it also trains models built with `heads="plain"` (no edge).
+    During SCHP cycles (`soft` given) the CE becomes the KL against the same soft targets as
+    `CE2PLoss` (teacher fusion, one-hot weight 1/(cycle_n+1)). Averaged over valid pixels.
+
+    Args:
+        ignore_index: label value excluded from the loss.
+    """
+
+    def __init__(self, ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(
+        self,
+        output: ParsingOutput,
+        label: Tensor,
+        edge: Tensor | None = None,
+        soft: ParsingOutput | None = None,
+        cycle_n: int = 0,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total loss and the parts of `CE2PLoss` ({"seg", "edge", "cons"}; edge and cons are 0).
+
+        `edge` is accepted for a common call signature and not used.
+        """
+        if cycle_n < 0:
+            raise ValueError(f"CELoss: cycle_n must be >= 0, got {cycle_n}")
+        size = label.shape[-2:]
+        pixel_weight = (label != self.ignore_index).float()
+        logits = _upsample(output.parsing, size)
+        if soft is None:
+            seg = _hard_ce(logits, label, pixel_weight, self.ignore_index)
+        else:
+            target = soft_target(_upsample(soft.fusion, size), label, cycle_n, self.ignore_index)
+            seg = _soft_kl(logits, target, pixel_weight)
+        zero = seg.new_zeros(())
+        return seg, {"seg": seg.detach(), "edge": zero, "cons": zero}
+
+
+LOSSES = ("ce2p", "ce")
+
+
+def build_criterion(
+    name: str,
+    lambda_s: float = 1.0,
+    lambda_e: float = 1.0,
+    lambda_c: float = 0.1,
+    consistency: str = "soft",
+) -> nn.Module:
+    """`--loss` name -> loss module: "ce2p" (`CE2PLoss`) or "ce" (`CELoss`; λs/λe/λc unused)."""
+    if name == "ce2p":
+        return CE2PLoss(lambda_s, lambda_e, lambda_c, consistency=consistency)
+    if name == "ce":
+        return CELoss()
+    raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
