@@ -321,6 +321,8 @@ def main(args: argparse.Namespace) -> None:
     setup_logging()
     if args.every < 1 or args.batch_size < 1:
         raise SystemExit("--every and --batch-size must be at least 1")
+    if not Path(args.input).exists():  # before the (slow) model load
+        raise SystemExit(f"{args.input}: no such file or folder; give a folder, .txt list or video")
     parser = load_parser(args)
     stats = extract(args, parser)
     write_failed_list(Path(args.output), args.shard, stats.failed)
