@@ -240,6 +240,10 @@ def main(args: argparse.Namespace) -> None:
         )
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(str(err)) from None
+    if args.all_outputs and getattr(parser.model, "heads", "full") == "plain":
+        raise SystemExit(
+            f"{args.model_restore}: a --heads plain model has no edge output; drop --all-outputs"
+        )
     module = ExportedParser(parser.model, args.all_outputs).eval()
     example = torch.zeros(1, 3, *parser.input_size)
     output = Path(args.output)

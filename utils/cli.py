@@ -207,6 +207,7 @@ def resolve_labels(args: argparse.Namespace, label_set=None):
         raise SystemExit(
             f"--num-classes {args.num_classes} disagrees with label set '{label_set.name}' "
             f"({label_set.num_classes} classes) from {path}; drop --num-classes or pick the "
-            "right --lip-map-cfg / --label-set (LIP labels into 9 classes need --do_mapping)"
+            "right --lip-map-cfg / --label-set"
+            + ("" if args.do_mapping else " (LIP labels into 9 classes need --do_mapping)")
         )
     return label_set, lut
