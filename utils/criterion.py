@@ -144,8 +144,12 @@ class _PairDistance(torch.autograd.Function):
     def forward(ctx: FunctionCtx, probs: Tensor, *pair_masks: Tensor) -> Tensor:
         n, _, h, w = probs.shape
         raw = probs.new_zeros(4, n, h, w)
+        buffer = torch.empty_like(
+            probs
+        )  # one scratch map for the four differences (no page faults)
         for k, ((a, b), both) in enumerate(zip(_PAIRS, pair_masks, strict=True)):
-            distance = (probs[(..., *a)] - probs[(..., *b)]).abs_().sum(dim=1)
+            difference = torch.sub(probs[(..., *a)], probs[(..., *b)], out=buffer[(..., *a)])
+            distance = difference.abs_().sum(dim=1)
             raw[(k, ..., *a)] = distance.masked_fill_(~both, 0.0)
         ctx.save_for_backward(probs, *pair_masks)
         return raw
@@ -155,9 +159,11 @@ class _PairDistance(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad_raw: Tensor) -> tuple[Tensor | None, ...]:
         probs, *pair_masks = ctx.saved_tensors
         grad = torch.zeros_like(probs)
+        buffer = torch.empty_like(probs)
         for k, ((a, b), both) in enumerate(zip(_PAIRS, pair_masks, strict=True)):
             upstream = grad_raw[(k, ..., *a)].masked_fill(~both, 0.0).unsqueeze(1)
-            part = (probs[(..., *a)] - probs[(..., *b)]).sgn_().mul_(upstream)
+            part = torch.sub(probs[(..., *a)], probs[(..., *b)], out=buffer[(..., *a)])
+            part.sgn_().mul_(upstream)
             grad[(..., *a)] += part
             grad[(..., *b)] -= part
         return (grad, *(None for _ in pair_masks))

@@ -6,9 +6,11 @@ result is the mean over the classes present in the labels of the Lovász extensi
 Jaccard loss applied to the sorted errors |1[y = c] - p_c|.
 
 The loss is a custom autograd function. Its forward sorts each present class's errors (numpy's
-SIMD argsort on CPU, about 4x faster than `torch.sort`; `torch.sort` elsewhere), computes the
-Lovász gradient vector g of the sorted foreground indicators, and returns mean_c dot(sorted
-errors, g). The loss is piecewise linear in the errors, so its gradient w.r.t. the errors is g
+SIMD argsort on CPU, about 4x faster than `torch.sort`, with the classes split over torch's
+intra-op threads; `torch.sort` elsewhere), computes the Lovász gradient vector g of the sorted
+foreground indicators, and returns mean_c dot(sorted errors, g). Every full-size (classes x
+pixels) pass counts: the forward makes one class-major copy of the probabilities, subtracts the
+foreground with P indexed updates, and computes g in four in-place passes after the cumsum. The loss is piecewise linear in the errors, so its gradient w.r.t. the errors is g
 itself, put back in pixel order; the backward multiplies it by d|1[y = c] - p_c|/dp_c (-1 on the
 foreground, +1 elsewhere, 0 where the error is exactly 0, as autograd's `abs`). No autograd graph
 runs through the sort, gather or cumsum.
@@ -21,6 +23,8 @@ errors may come out in another order than `torch.sort`'s, which leaves the loss 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -29,36 +33,59 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from datasets.labels import IGNORE_INDEX
 
 
-def lovasz_grad(fg_sorted: Tensor) -> Tensor:
+def lovasz_grad(fg_sorted: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Gradient of the Lovász extension w.r.t. errors sorted in descending order.
 
     Args:
-        fg_sorted: (C, P) foreground indicators (0/1 float) of each class, in the order of that
-            class's sorted errors.
+        fg_sorted: (C, P) foreground indicators (bool or 0/1 float) of each class, in the order
+            of that class's sorted errors.
+        dtype: floating dtype of the result; default `fg_sorted`'s when floating, else float32.
 
     Returns:
-        (C, P) tensor g with g[:, i] = J(top i+1 errors) - J(top i errors), J the Jaccard loss.
+        (C, P) tensor g with g[:, i] = J(top i+1 errors) - J(top i errors), J the Jaccard loss
+        J = 1 - intersection / union, written as g[:, i] = r[:, i-1] - r[:, i] with r the
+        intersection / union ratio (g[:, 0] = 1 - r[:, 0]). Four full-size passes after the cumsum.
     """
-    fg_cum = fg_sorted.cumsum(dim=1)
-    gts = fg_cum[:, -1:]  # (C, 1)
-    rank = torch.arange(1, fg_sorted.shape[1] + 1, dtype=fg_sorted.dtype, device=fg_sorted.device)
-    # union = gts + #non-foreground in the top i+1 = gts + (i + 1) - fg_cum (exact integers)
-    jaccard = 1.0 - (gts - fg_cum) / (gts + rank - fg_cum)  # union >= 1 everywhere
-    jaccard[:, 1:] -= jaccard[:, :-1].clone()
-    return jaccard
+    if dtype is None:
+        dtype = fg_sorted.dtype if fg_sorted.is_floating_point() else torch.float32
+    fg_cum = fg_sorted.to(dtype).cumsum(dim=1)  # float cumsum: ~3x faster than from bool
+    gts = fg_cum[:, -1:].clone()  # (C, 1)
+    rank = torch.arange(1, fg_sorted.shape[1] + 1, dtype=dtype, device=fg_sorted.device)
+    # union = gts + #non-foreground in the top i+1 = gts + (i + 1) - fg_cum (exact integers, >= 1)
+    union = (rank + gts).sub_(fg_cum)
+    ratio = fg_cum.neg_().add_(gts).div_(union)  # intersection / union, in fg_cum's memory
+    grad = union  # reuse the buffer: union is no longer needed
+    grad[:, :1] = 1.0 - ratio[:, :1]
+    torch.sub(ratio[:, :-1], ratio[:, 1:], out=grad[:, 1:])
+    return grad
 
 
-def descending_order(errors: Tensor) -> Tensor:
-    """(C, P) int64 indices that sort each row of `errors` in descending order."""
-    if errors.device.type != "cpu":
-        return torch.sort(errors.detach(), dim=1, descending=True).indices
-    keys = np.ascontiguousarray(-errors.detach().numpy())
-    return torch.from_numpy(np.argsort(keys, axis=1))
+_SORT_POOL: ThreadPoolExecutor | None = None
 
 
-def _class_major(probas: Tensor) -> Tensor:
-    """(N, C, H, W) -> (C, N·H·W), a contiguous copy."""
-    return probas.transpose(0, 1).reshape(probas.shape[1], -1)
+def _argsort_rows(keys: np.ndarray) -> np.ndarray:
+    """Ascending argsort of each row; rows are split over torch's intra-op threads (numpy's
+    sort releases the GIL), so a 2-thread training process sorts two classes at a time."""
+    global _SORT_POOL
+    threads = min(torch.get_num_threads(), keys.shape[0])
+    if threads <= 1:
+        return np.argsort(keys, axis=1)
+    if _SORT_POOL is None or _SORT_POOL._max_workers < threads:
+        _SORT_POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lovasz-sort")
+    order = np.empty(keys.shape, dtype=np.int64)
+
+    def sort_rows(rows: np.ndarray) -> None:
+        order[rows] = np.argsort(keys[rows], axis=1)
+
+    list(_SORT_POOL.map(sort_rows, np.array_split(np.arange(keys.shape[0]), threads)))
+    return order
+
+
+def ascending_order(keys: Tensor) -> Tensor:
+    """(C, P) int64 indices that sort each row of `keys` in ascending order."""
+    if keys.device.type != "cpu":
+        return torch.sort(keys, dim=1).indices
+    return torch.from_numpy(_argsort_rows(keys.numpy()))
 
 
 class _LovaszSoftmax(torch.autograd.Function):
@@ -66,21 +93,30 @@ class _LovaszSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, probas: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
-        num_classes = probas.shape[1]
+        n, c, h, w = probas.shape
         flat_labels = labels.reshape(-1)
         valid = flat_labels != ignore_index
-        counts = torch.bincount(flat_labels[valid], minlength=num_classes)[:num_classes]
+        counts = torch.bincount(flat_labels[valid], minlength=c)[:c]
         classes = torch.nonzero(counts).squeeze(1)  # present classes only
-        probs = _class_major(probas.detach())[classes]  # (K, P)
-        fg = flat_labels.unsqueeze(0) == classes.unsqueeze(1)  # (K, P) bool, False at ignore
-        errors = torch.where(fg, 1.0 - probs, probs)  # = |1[y = c] - p_c| exactly
-        errors.masked_fill_(~valid, 0.0)
-        order = descending_order(errors)
-        grad_sorted = lovasz_grad(fg.gather(1, order).to(probs.dtype))
-        grad = torch.empty_like(errors).scatter_(1, order, grad_sorted)  # back in pixel order
         num_present = max(int(classes.numel()), 1)
-        loss = (errors * grad).sum() / num_present  # = Σ_c dot(sorted errors, g) / #present
-        ctx.save_for_backward(grad, fg, errors, classes)
+        fg = flat_labels.unsqueeze(0) == classes.unsqueeze(1)  # (K, P) bool, False at ignore
+        # Signed errors p_c - 1[y = c], class-major (one copy): |.| is the error, sgn its
+        # derivative (0 where the error is exactly 0, as autograd's abs). Ignore pixels: 0.
+        pixels = flat_labels.numel()
+        diff = probas.detach().transpose(0, 1).index_select(0, classes).view(-1)
+        # - 1 at each valid pixel's own class: P indexed updates instead of a K x P pass
+        row_of_class = torch.zeros(c, dtype=torch.long, device=classes.device)
+        row_of_class[classes] = torch.arange(len(classes), device=classes.device)
+        pixel = torch.nonzero(valid).squeeze(1)
+        own = row_of_class[flat_labels[pixel]] * pixels + pixel
+        diff[own] -= 1.0
+        diff = diff.view(len(classes), pixels).masked_fill_(~valid, 0.0)
+        keys = diff.abs().neg_()  # -errors: ascending keys = descending errors
+        order = ascending_order(keys)
+        grad = lovasz_grad(fg.gather(1, order), dtype=diff.dtype)
+        grad = torch.empty_like(keys).scatter_(1, order, grad)  # back in pixel order
+        loss = keys.mul_(grad).sum().neg_() / num_present  # = Σ_c dot(sorted errors, g) / #present
+        ctx.save_for_backward(grad, diff, classes)
         ctx.shape = probas.shape
         ctx.num_present = num_present
         return loss
@@ -88,13 +124,12 @@ class _LovaszSoftmax(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad_output: Tensor) -> tuple[Tensor | None, None, None]:
-        grad, fg, errors, classes = ctx.saved_tensors
+        grad, diff, classes = ctx.saved_tensors
         n, c, h, w = ctx.shape
-        grad = grad * (grad_output / ctx.num_present)
-        grad = torch.where(fg, -grad, grad).masked_fill_(errors == 0, 0.0)  # d|fg - p|/dp
-        full = grad.new_zeros(c, n, h, w)
-        full[classes] = grad.view(-1, n, h, w)
-        return full.transpose(0, 1), None, None
+        grad = diff.sgn().mul_(grad).mul_(grad_output / ctx.num_present)  # d|p - fg|/dp · g
+        full = grad.new_zeros(n, c, h, w) if len(classes) < c else grad.new_empty(n, c, h, w)
+        full.transpose(0, 1).index_copy_(0, classes, grad.view(-1, n, h, w))
+        return full, None, None
 
 
 def lovasz_softmax(probas: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
