@@ -70,15 +70,21 @@ def _weighted_mean(values: Tensor, weight: Tensor) -> Tensor:
     return (values * weight).sum() / weight.sum().clamp(min=WEIGHT_EPS)
 
 
-def _hard_ce(logits: Tensor, target: Tensor, weight: Tensor, ignore_index: int) -> Tensor:
-    """Cross-entropy per pixel against hard ids, weighted mean; ignore pixels must have weight 0."""
+def _hard_nll(log_probs: Tensor, target: Tensor, weight: Tensor, ignore_index: int) -> Tensor:
+    """Cross-entropy per pixel (from log-probabilities) against hard ids, weighted mean; ignore
+    pixels must have weight 0."""
     safe_target = torch.where(target == ignore_index, 0, target)
-    return _weighted_mean(F.cross_entropy(logits, safe_target, reduction="none"), weight)
+    return _weighted_mean(F.nll_loss(log_probs, safe_target, reduction="none"), weight)
 
 
-def _soft_kl(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """KL(target ‖ softmax(logits)) summed over classes, weighted mean over pixels."""
-    log_q = F.log_softmax(logits, dim=1)
+def _hard_ce(logits: Tensor, target: Tensor, weight: Tensor, ignore_index: int) -> Tensor:
+    """`_hard_nll` of the logits' log-softmax."""
+    return _hard_nll(F.log_softmax(logits, dim=1), target, weight, ignore_index)
+
+
+def _soft_kl(log_q: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """KL(target ‖ q) summed over classes, weighted mean over pixels; `log_q` are the predicted
+    log-probabilities (log-softmax of the logits)."""
     kl = (torch.xlogy(target, target) - target * log_q).sum(dim=1)  # (N, H, W)
     return _weighted_mean(kl, weight)
 
@@ -253,12 +259,12 @@ class CE2PLoss(nn.Module):
         pixel_weight = valid.float()
         edge_valid = valid & (edge != self.ignore_index)
         edge_weight = edge_class_weights(edge, edge_valid)
-        edge_logits = _upsample(output.edge, size)
-        edge_prob = F.softmax(edge_logits, dim=1)[:, 1]  # (N, H, W)
+        edge_log_probs = F.log_softmax(_upsample(output.edge, size), dim=1)
+        edge_prob = edge_log_probs[:, 1].exp()  # (N, H, W)
 
         if soft is None:
             parsing_target = None
-            edge_term = _hard_ce(edge_logits, edge, edge_weight, self.ignore_index)
+            edge_term = _hard_nll(edge_log_probs, edge, edge_weight, self.ignore_index)
         else:
             parsing_target = soft_target(
                 _upsample(soft.fusion, size), label, cycle_n, self.ignore_index
@@ -267,18 +273,20 @@ class CE2PLoss(nn.Module):
             edge_target = soft_target(
                 _upsample(soft.edge, size), edge_hard, cycle_n, self.ignore_index
             )
-            edge_term = _soft_kl(edge_logits, edge_target, edge_weight)
+            edge_term = _soft_kl(edge_log_probs, edge_target, edge_weight)
 
         seg = edge_term.new_zeros(())
         cons = edge_term.new_zeros(())
         pair_masks = _pair_masks(valid)
         for logits in (output.parsing, output.fusion):
             logits = _upsample(logits, size)
-            probs = F.softmax(logits, dim=1)
+            # one log-softmax serves the CE/KL term and (through exp) Lovász and consistency
+            log_probs = F.log_softmax(logits, dim=1)
+            probs = log_probs.exp()
             if parsing_target is None:
-                pixel_term = _hard_ce(logits, label, pixel_weight, self.ignore_index)
+                pixel_term = _hard_nll(log_probs, label, pixel_weight, self.ignore_index)
             else:
-                pixel_term = _soft_kl(logits, parsing_target, pixel_weight)
+                pixel_term = _soft_kl(log_probs, parsing_target, pixel_weight)
             lovasz = lovasz_softmax(probs, label, self.ignore_index)
             seg = seg + SEG_HALF * self.lambda_s * (lovasz + pixel_term)
             if self.consistency == "hard":
@@ -333,7 +341,7 @@ class CELoss(nn.Module):
             seg = _hard_ce(logits, label, pixel_weight, self.ignore_index)
         else:
             target = soft_target(_upsample(soft.fusion, size), label, cycle_n, self.ignore_index)
-            seg = _soft_kl(logits, target, pixel_weight)
+            seg = _soft_kl(F.log_softmax(logits, dim=1), target, pixel_weight)
         zero = seg.new_zeros(())
         return seg, {"seg": seg.detach(), "edge": zero, "cons": zero}
 

@@ -10,7 +10,8 @@ SIMD argsort on CPU, about 4x faster than `torch.sort`, with the classes split o
 intra-op threads; `torch.sort` elsewhere), computes the Lovász gradient vector g of the sorted
 foreground indicators, and returns mean_c dot(sorted errors, g). Every full-size (classes x
 pixels) pass counts: the forward makes one class-major copy of the probabilities, subtracts the
-foreground with P indexed updates, and computes g in four in-place passes after the cumsum. The loss is piecewise linear in the errors, so its gradient w.r.t. the errors is g
+foreground with P indexed updates, and computes g in four in-place passes after the cumsum.
+The loss is piecewise linear in the errors, so its gradient w.r.t. the errors is g
 itself, put back in pixel order; the backward multiplies it by d|1[y = c] - p_c|/dp_c (-1 on the
 foreground, +1 elsewhere, 0 where the error is exactly 0, as autograd's `abs`). No autograd graph
 runs through the sort, gather or cumsum.
