@@ -31,13 +31,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets.lip import LIPDataset
-from datasets.transforms import logits_to_original
 from networks import build_model
 from networks.weights import WeightsError, load_weights
 from utils.checkpoint import read_checkpoint
 from utils.cli import apply_gpu_flag, common_parser, float_list, resolve_labels
 from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
-from utils.inference import argmax_labels, predict_logits
+from utils.inference import labels_to_original, predict_logits
 from utils.logger import setup_logging
 from utils.metrics import ConfusionMatrix, format_markdown, save_confusion_png
 
@@ -147,10 +146,13 @@ def evaluate(
     ):
         logits = predict_logits(model, images.to(info.device), scales, flip_perm, amp)
         for i, meta, gt in zip(range(len(indices)), metas, labels, strict=True):
-            full = logits_to_original(
-                logits[i : i + 1], meta["center"], meta["scale"], gt.shape, dataset.input_size
-            )  # (1, C, H, W) at the photo's size
-            pred = argmax_labels(full[0])
+            pred = (
+                labels_to_original(
+                    logits[i : i + 1], meta["center"], meta["scale"], gt.shape, dataset.input_size
+                )[0]
+                .cpu()
+                .numpy()
+            )  # (H, W) uint8 at the photo's size
             confusion.update(pred, gt)
             if save_dir is not None:
                 image = Image.fromarray(pred, mode="P")

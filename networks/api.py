@@ -23,7 +23,7 @@ from datasets.labels import LabelSet
 from datasets.transforms import logits_to_original
 from networks.weights import WeightsError, load_weights
 from utils.distributed import resolve_device
-from utils.inference import argmax_labels, predict_logits
+from utils.inference import labels_to_original, predict_logits
 
 RGB_CHANNELS = (3, 4)  # RGB, or RGBA whose alpha is dropped
 
@@ -118,14 +118,32 @@ class HumanParser:
             self.input_size,
         )[0]
 
-    def logits(self, images: Sequence) -> list[torch.Tensor]:
-        """(C, H, W) float32 logits of each photo at its own size."""
+    def to_labels(self, crop_logits: torch.Tensor, meta: dict) -> np.ndarray:
+        """(C, h, w) logits of one crop -> (H, W) uint8 class ids on the photo: the argmax of
+        `to_original`, interpolated only near class boundaries (`labels_to_original`)."""
+        labels = labels_to_original(
+            crop_logits[None],
+            meta["center"],
+            meta["scale"],
+            (meta["height"], meta["width"]),
+            self.input_size,
+        )
+        return labels[0].cpu().numpy()
+
+    def _crop_logits(self, images: Sequence) -> tuple[torch.Tensor, list[dict]]:
         prepared = [
             prepare_image(_as_rgb(image), self.input_size, self.model.input_spec)
             for image in images
         ]
         crop_logits = self.predict(torch.stack([tensor for tensor, _ in prepared]))
-        return [self.to_original(crop_logits[i], meta) for i, (_, meta) in enumerate(prepared)]
+        return crop_logits, [meta for _, meta in prepared]
+
+    def logits(self, images: Sequence) -> list[torch.Tensor]:
+        """(C, H, W) float32 logits of each photo at its own size."""
+        crop_logits, metas = self._crop_logits(images)
+        return [
+            self.to_original(logits, meta) for logits, meta in zip(crop_logits, metas, strict=True)
+        ]
 
     def parse(self, image) -> np.ndarray:
         """(H, W) uint8 class ids of one photo (numpy RGB or PIL), at the photo's size."""
@@ -133,7 +151,10 @@ class HumanParser:
 
     def parse_batch(self, images: Sequence) -> list[np.ndarray]:
         """`parse` for several photos in one forward pass (sizes may differ)."""
-        return [argmax_labels(logits) for logits in self.logits(images)]
+        crop_logits, metas = self._crop_logits(images)
+        return [
+            self.to_labels(logits, meta) for logits, meta in zip(crop_logits, metas, strict=True)
+        ]
 
     def masks(self, image, kind: str = "upper") -> np.ndarray:
         """(H, W) uint8 try-on mask (0/255) of `kind` (upper, lower, overall, inner, outer)."""
