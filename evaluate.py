@@ -30,6 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from datasets.images import init_decode_worker
 from datasets.lip import LIPDataset
 from networks import build_model
 from networks.weights import WeightsError, load_weights
@@ -137,6 +138,7 @@ def evaluate(
         sampler=sampler,
         num_workers=workers,
         collate_fn=_collate,
+        worker_init_fn=init_decode_worker,
     )
     flip_perm = torch.as_tensor(label_set.flip_permutation()) if flip else None
     confusion = ConfusionMatrix(label_set.num_classes)

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from datasets.images import init_decode_worker
 from datasets.labels import LabelSet
 from datasets.lip import LIPDataset
 from datasets.transforms import (
@@ -206,6 +207,7 @@ def build_train_loader(args, label_set, lut, input_spec, info: DistInfo) -> Data
         pin_memory=info.device.type == "cuda",
         drop_last=True,
         generator=torch.Generator().manual_seed(args.seed),
+        worker_init_fn=init_decode_worker,
     )
 
 

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datasets.images import init_decode_worker  # noqa: E402
 from datasets.labels import LabelSet  # noqa: E402
 from datasets.lip import LIPDataset, read_label_png  # noqa: E402
 from datasets.transforms import generate_edge, normalize_batch  # noqa: E402
@@ -150,7 +151,10 @@ def bench_loader(dataset: LIPDataset, args: argparse.Namespace) -> float:
     """Images/s of augmented training samples."""
     indices = range((args.warmup_batches * args.batch_size) + args.num_images)
     loader = DataLoader(
-        Subset(dataset, indices), batch_size=args.batch_size, num_workers=args.workers
+        Subset(dataset, indices),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        worker_init_fn=init_decode_worker,
     )
     return _images_per_s(loader, args.warmup_batches)
 
@@ -163,6 +167,7 @@ def bench_decode(dataset: LIPDataset, args: argparse.Namespace, with_label: bool
         batch_size=args.batch_size,
         num_workers=args.workers,
         collate_fn=_as_list,
+        worker_init_fn=init_decode_worker,
     )
     return _images_per_s(loader, args.warmup_batches)
 
@@ -170,9 +175,10 @@ def bench_decode(dataset: LIPDataset, args: argparse.Namespace, with_label: bool
 def profile_loader(dataset: LIPDataset, count: int) -> dict[str, float]:
     """Milliseconds per image of ``dataset[i]`` and of its costliest functions (own time).
 
-    Runs in this process with one torch thread, like a DataLoader worker.
+    Runs in this process with one torch and one OpenCV thread, like a DataLoader worker.
     """
     torch.set_num_threads(1)
+    init_decode_worker(0)
     profiler = cProfile.Profile()
     start = time.perf_counter()
     profiler.enable()
