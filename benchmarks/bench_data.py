@@ -3,7 +3,9 @@
 All run through a DataLoader with the same workers and batch size, in alternating rounds (fair on
 a shared machine). The loaders make SCHP training samples (letterbox affine, random scale /
 rotation / flip); the baseline ``decode`` only decodes each JPEG with ``cv2.imread`` (the issue's
-yardstick), ``decode_jpeg_png`` also decodes the label PNG (the I/O floor of any loader).
+yardstick), ``decode_jpeg_png`` also decodes the label PNG (the I/O floor of any loader), and
+``decode_one_process`` is the JPEG decode as a plain loop in one process (the other reading of
+the target: the 2-worker loader against one decoding core, ``<name>_vs_decode_one_process``).
 Loader options, from the contract's default to the fastest:
 
     loader                  float32 image, int64 label + edge made in the workers (default)
@@ -159,13 +161,19 @@ def bench_loader(dataset: LIPDataset, args: argparse.Namespace) -> float:
     return _images_per_s(loader, args.warmup_batches)
 
 
-def bench_decode(dataset: LIPDataset, args: argparse.Namespace, with_label: bool) -> float:
-    """Images/s of plain JPEG decoding (and label PNG decoding) of the same files."""
+def bench_decode(
+    dataset: LIPDataset, args: argparse.Namespace, with_label: bool, workers: int | None = None
+) -> float:
+    """Images/s of plain JPEG decoding (and label PNG decoding) of the same files, with the
+    loaders' workers (or `workers`; 0: a plain loop in this process, one OpenCV thread)."""
     count = (args.warmup_batches * args.batch_size) + args.num_images
+    workers = args.workers if workers is None else workers
+    if workers == 0:
+        init_decode_worker(0)
     loader = DataLoader(
         _DecodeOnly(dataset, count, with_label),
         batch_size=args.batch_size,
-        num_workers=args.workers,
+        num_workers=workers,
         collate_fn=_as_list,
         worker_init_fn=init_decode_worker,
     )
@@ -234,6 +242,7 @@ def main(args: argparse.Namespace) -> dict:
     runs: dict[str, Callable[[], float]] = {
         "decode": lambda: bench_decode(dataset, args, with_label=False),
         "decode_jpeg_png": lambda: bench_decode(dataset, args, with_label=True),
+        "decode_one_process": lambda: bench_decode(dataset, args, with_label=False, workers=0),
         **{name: (lambda d=d: bench_loader(d, args)) for name, d in loaders.items()},
     }
     rates: dict[str, list[float]] = {name: [] for name in runs}
@@ -255,8 +264,11 @@ def main(args: argparse.Namespace) -> dict:
         }
     decode_rate = results["decode"]["images_per_s"]
     for name in rates:
-        if name != "decode":
+        if name not in ("decode", "decode_one_process"):
             results[f"{name}_vs_decode"] = round(results[name]["images_per_s"] / decode_rate, 3)
+    single = results["decode_one_process"]["images_per_s"]
+    for name in LOADERS:  # the other reading of the target: 2 loader workers vs 1 decoding loop
+        results[f"{name}_vs_decode_one_process"] = round(results[name]["images_per_s"] / single, 3)
     if args.profile_images > 0:
         results["loader_profile_ms_per_image"] = profile_loader(dataset, args.profile_images)
         results[f"{FASTEST}_profile_ms_per_image"] = profile_loader(fastest, args.profile_images)

@@ -115,12 +115,20 @@ def extract_rows(r: dict) -> list[Row]:
 def data_rows(r: dict) -> list[Row]:
     names = [key.removesuffix("_vs_decode") for key in r if key.endswith("_vs_decode")]
     names = [name for name in names if name != "target"]
-    return [
+    rows = [
         Row(f"data: {name} / JPEG decode-only", r[f"{name}_vs_decode"], 0.7, True)
         if name.startswith("loader")
         else Row(f"data: {name} / JPEG decode-only (I/O floor)", r[f"{name}_vs_decode"])
         for name in names
     ]
+    if "loader_uint8_vs_decode_one_process" in r:
+        rows.append(
+            Row(
+                "data: loader_uint8 (2 workers) / JPEG decode in one process",
+                r["loader_uint8_vs_decode_one_process"],
+            )
+        )
+    return rows
 
 
 def preprocess_rows(r: dict) -> list[Row]:
