@@ -55,4 +55,3 @@ def test_tiny_logits_and_single_rows():
 def test_too_many_classes_for_uint8_is_refused():
     with pytest.raises(ValueError, match="uint8"):
         labels_to_original(torch.zeros(1, 300, 4, 4), [2.0, 2.0], [4.0, 4.0], (8, 8))
-

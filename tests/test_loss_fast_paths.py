@@ -117,3 +117,17 @@ def test_parsing_edge_map_gradcheck_float64():
     x = logits.double().div(3.0).requires_grad_()
     valid = label != IGNORE_INDEX
     assert torch.autograd.gradcheck(lambda z: parsing_edge_map(F.softmax(z, 1), valid), (x,))
+
+
+def test_descending_rows_sorts_float32_errors_like_argsort():
+    from utils.lovasz import _descending_rows
+
+    rng = np.random.default_rng(0)
+    errors = rng.random((4, 1000), dtype=np.float32)
+    errors[:, ::7] = 0.0  # ignore pixels: exact zeros
+    errors[:, 1::9] = 0.5  # runs of equal errors
+    order = _descending_rows(errors)
+    assert order.dtype == np.int64
+    assert (np.sort(order, axis=1) == np.arange(1000)).all()  # a permutation of each row
+    expected = -np.sort(-errors, axis=1)
+    assert (np.take_along_axis(errors, order, axis=1) == expected).all()

@@ -150,9 +150,7 @@ class _PairDistance(torch.autograd.Function):
     def forward(ctx: FunctionCtx, probs: Tensor, *pair_masks: Tensor) -> Tensor:
         n, _, h, w = probs.shape
         raw = probs.new_zeros(4, n, h, w)
-        buffer = torch.empty_like(
-            probs
-        )  # one scratch map for the four differences (no page faults)
+        buffer = torch.empty_like(probs)  # one scratch map for the four differences
         for k, ((a, b), both) in enumerate(zip(_PAIRS, pair_masks, strict=True)):
             difference = torch.sub(probs[(..., *a)], probs[(..., *b)], out=buffer[(..., *a)])
             distance = difference.abs_().sum(dim=1)

@@ -5,16 +5,16 @@ Same semantics as the reference implementation used by SCHP (`per_image=False`,
 result is the mean over the classes present in the labels of the Lovász extension of the
 Jaccard loss applied to the sorted errors |1[y = c] - p_c|.
 
-The loss is a custom autograd function. Its forward sorts each present class's errors (numpy's
-SIMD argsort on CPU, about 4x faster than `torch.sort`, with the classes split over torch's
-intra-op threads; `torch.sort` elsewhere), computes the Lovász gradient vector g of the sorted
-foreground indicators, and returns mean_c dot(sorted errors, g). Every full-size (classes x
-pixels) pass counts: the forward makes one class-major copy of the probabilities, subtracts the
-foreground with P indexed updates, and computes g in four in-place passes after the cumsum.
-The loss is piecewise linear in the errors, so its gradient w.r.t. the errors is g
-itself, put back in pixel order; the backward multiplies it by d|1[y = c] - p_c|/dp_c (-1 on the
-foreground, +1 elsewhere, 0 where the error is exactly 0, as autograd's `abs`). No autograd graph
-runs through the sort, gather or cumsum.
+The loss is a custom autograd function. Its forward sorts each present class's errors (on CPU
+numpy's SIMD sort of (error bits, pixel index) words, about 5x faster than `torch.sort`, with the
+classes split over torch's intra-op threads; `torch.sort` elsewhere), computes the Lovász
+gradient vector g of the sorted foreground indicators, and returns mean_c dot(sorted errors, g).
+Every full-size (classes x pixels) pass counts: the forward makes one class-major copy of the
+probabilities, subtracts the foreground with P indexed updates, and computes g in four in-place
+passes after the cumsum. The loss is piecewise linear in the errors, so its gradient w.r.t. the
+errors is g itself, put back in pixel order; the backward multiplies it by d|1[y = c] - p_c|/dp_c
+(-1 on the foreground, +1 elsewhere, 0 where the error is exactly 0, as autograd's `abs`). No
+autograd graph runs through the sort, gather or cumsum.
 
 Ignore pixels get error 0 and foreground 0: they sort to the tail, where they contribute nothing
 and leave the Jaccard gradient of every other pixel unchanged. Absent classes are skipped. Equal
@@ -24,6 +24,7 @@ errors may come out in another order than `torch.sort`'s, which leaves the loss 
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -62,31 +63,52 @@ def lovasz_grad(fg_sorted: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 
 
 _SORT_POOL: ThreadPoolExecutor | None = None
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
-def _argsort_rows(keys: np.ndarray) -> np.ndarray:
-    """Ascending argsort of each row; rows are split over torch's intra-op threads (numpy's
-    sort releases the GIL), so a 2-thread training process sorts two classes at a time."""
+def _descending_rows(errors: np.ndarray) -> np.ndarray:
+    """(K, P) int64 indices sorting each row of non-negative `errors` in descending order.
+
+    float32 rows are sorted as uint64 words (~bits << 32 | index): the bit patterns of
+    non-negative floats order like their values, and numpy's SIMD sort of uint64 values runs
+    ~1.5x faster than its argsort of the floats (87 vs 128 ms for 20 x 393,216, one thread).
+    Equal errors come out by pixel index.
+    """
+    rows, pixels = errors.shape
+    if errors.dtype != np.float32 or pixels >= 2**32 or not _LITTLE_ENDIAN:
+        return np.argsort(-errors, axis=1)
+    packed = np.empty((rows, pixels), np.uint64)
+    words = packed.view(np.uint32).reshape(rows, pixels, 2)  # [..., 0] is the low word
+    np.invert(errors.view(np.uint32), out=words[..., 1])  # larger error -> smaller key
+    words[..., 0] = np.arange(pixels, dtype=np.uint32)
+    packed.sort(axis=1)
+    return words[..., 0].astype(np.int64)
+
+
+def _sort_rows(errors: np.ndarray) -> np.ndarray:
+    """`_descending_rows`, with the rows split over torch's intra-op threads (numpy's sort
+    releases the GIL), so a 2-thread training process sorts two classes at a time."""
     global _SORT_POOL
-    threads = min(torch.get_num_threads(), keys.shape[0])
+    threads = min(torch.get_num_threads(), errors.shape[0])
     if threads <= 1:
-        return np.argsort(keys, axis=1)
+        return _descending_rows(errors)
     if _SORT_POOL is None or _SORT_POOL._max_workers < threads:
         _SORT_POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lovasz-sort")
-    order = np.empty(keys.shape, dtype=np.int64)
+    order = np.empty(errors.shape, dtype=np.int64)
 
     def sort_rows(rows: np.ndarray) -> None:
-        order[rows] = np.argsort(keys[rows], axis=1)
+        order[rows] = _descending_rows(errors[rows])
 
-    list(_SORT_POOL.map(sort_rows, np.array_split(np.arange(keys.shape[0]), threads)))
+    chunks = np.array_split(np.arange(errors.shape[0]), threads)
+    list(_SORT_POOL.map(sort_rows, [slice(c[0], c[-1] + 1) for c in chunks]))
     return order
 
 
-def ascending_order(keys: Tensor) -> Tensor:
-    """(C, P) int64 indices that sort each row of `keys` in ascending order."""
-    if keys.device.type != "cpu":
-        return torch.sort(keys, dim=1).indices
-    return torch.from_numpy(_argsort_rows(keys.numpy()))
+def descending_order(errors: Tensor) -> Tensor:
+    """(C, P) int64 indices that sort each row of non-negative `errors` in descending order."""
+    if errors.device.type != "cpu":
+        return torch.sort(errors, dim=1, descending=True).indices
+    return torch.from_numpy(_sort_rows(errors.numpy()))
 
 
 class _LovaszSoftmax(torch.autograd.Function):
@@ -112,11 +134,11 @@ class _LovaszSoftmax(torch.autograd.Function):
         own = row_of_class[flat_labels[pixel]] * pixels + pixel
         diff[own] -= 1.0
         diff = diff.view(len(classes), pixels).masked_fill_(~valid, 0.0)
-        keys = diff.abs().neg_()  # -errors: ascending keys = descending errors
-        order = ascending_order(keys)
+        errors = diff.abs()
+        order = descending_order(errors)
         grad = lovasz_grad(fg.gather(1, order), dtype=diff.dtype)
-        grad = torch.empty_like(keys).scatter_(1, order, grad)  # back in pixel order
-        loss = keys.mul_(grad).sum().neg_() / num_present  # = Σ_c dot(sorted errors, g) / #present
+        grad = torch.empty_like(errors).scatter_(1, order, grad)  # back in pixel order
+        loss = errors.mul_(grad).sum() / num_present  # = Σ_c dot(sorted errors, g) / #present
         ctx.save_for_backward(grad, diff, classes)
         ctx.shape = probas.shape
         ctx.num_present = num_present
