@@ -12,8 +12,13 @@
 # model+loss and ~0.4 s/step for the plain one, so 28 epochs x 100 steps take ~56 min (full, with
 # the teacher's forward pass in the 10 cycle epochs and 3 BN re-estimations) and ~19 min (plain).
 #
+# Measured (2026-11-26, 2 shared cores): full 53.5 min of training, plain 17.5 min, 73 min in all
+# with both evaluations. Same epochs means the plain model got a third of the full one's compute;
+# PLAIN_EPOCHS=84 gives it about the same wall time instead (not run here).
+#
 #   bash recipes/ccp.sh                 # CCP_ROOT=../shared/data/ccp CCP_OUT=log/ccp
 #   RECIPE_FAST=1 bash recipes/ccp.sh   # tiny settings (8 images, 64x48, 2 epochs): a smoke test
+#   PLAIN_EPOCHS=84 bash recipes/ccp.sh # the ablation with the full recipe's wall time
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -30,8 +35,9 @@ fi
 # SCHP aggregations happen after epochs SCHP_START, SCHP_START+CYCLE, ..., EPOCHS.
 CYCLES=$(((EPOCHS - SCHP_START) / CYCLE + 1))
 LABELS=(--do_mapping --lip_map_cfg mappings/ccp_map.yaml)
+PLAIN_EPOCHS=${PLAIN_EPOCHS:-$EPOCHS}
 COMMON=(--arch segformer_mit_b0 --data-dir "$CCP_ROOT" "${LABELS[@]}" --input-size "$CROP"
-  --batch-size "$BATCH" --num_samples "$NUM_SAMPLES" --epochs "$EPOCHS" --warmup-epochs "$WARMUP"
+  --batch-size "$BATCH" --num_samples "$NUM_SAMPLES" --warmup-epochs "$WARMUP"
   --optimizer adamw_custom --learning-rate 2e-3 --weight-decay 1e-2 --seed 0
   --workers "$WORKERS" --device cpu)
 
@@ -41,14 +47,15 @@ evaluate() {  # $1 checkpoint, $2 output folder
 }
 
 echo "== 1/4 full recipe: CE2P heads + loss, SCHP from epoch $SCHP_START -> $OUT/full"
-"$PY" train.py "${COMMON[@]}" --schp-start "$SCHP_START" --cycle-epochs "$CYCLE" \
+"$PY" train.py "${COMMON[@]}" --epochs "$EPOCHS" --schp-start "$SCHP_START" --cycle-epochs "$CYCLE" \
   --log-dir "$OUT/full/train"
 
 echo "== 2/4 evaluate the full recipe's SCHP teacher (cycle $CYCLES) on CCP val"
 evaluate "$OUT/full/train/schp_${CYCLES}_checkpoint.pth.tar" "$OUT/full/eval"
 
-echo "== 3/4 plain SegFormer: no edge/fusion heads, CE loss, no SCHP -> $OUT/plain"
-"$PY" train.py "${COMMON[@]}" --heads plain --loss ce --no-schp --log-dir "$OUT/plain/train"
+echo "== 3/4 plain SegFormer: no edge/fusion heads, CE loss, no SCHP, $PLAIN_EPOCHS epochs -> $OUT/plain"
+"$PY" train.py "${COMMON[@]}" --epochs "$PLAIN_EPOCHS" --heads plain --loss ce --no-schp \
+  --log-dir "$OUT/plain/train"
 
 echo "== 4/4 evaluate the plain model on CCP val"
 evaluate "$OUT/plain/train/checkpoint.pth.tar" "$OUT/plain/eval"

@@ -2,11 +2,12 @@
 
     python recipes/figure.py --extract-dir demo_out/extract --photos demo_out/photos \
         --out docs/demo.png --rows 2
-    # the same for CCP val photos (never commit those):
-    python -m extract --model-restore log/ccp_full/best.pth.tar --input data/ccp_val_photos \
-        --output log/ccp_extract --masks upper,lower,overall
-    python recipes/figure.py --extract-dir log/ccp_extract --photos data/ccp_val_photos \
-        --out log/ccp_figure.png
+    # the same for CCP val photos with the CCP recipe's model (never commit those):
+    mkdir -p log/ccp/photos && cp ../shared/data/ccp/val_images/00{05,10,15}.jpg log/ccp/photos/
+    python -m extract --model-restore log/ccp/full/train/schp_3_checkpoint.pth.tar \
+        --input log/ccp/photos --output log/ccp/extract --masks upper,lower,overall
+    python recipes/figure.py --extract-dir log/ccp/extract --photos log/ccp/photos \
+        --out log/ccp/figure.png --rows 3
 """
 
 from __future__ import annotations
