@@ -166,7 +166,7 @@ BENCHMARKS = (
     Benchmark(
         "bench_extract",
         extract_rows,
-        short=("--threads", "1", "--archs", "segformer_mit_b0", "--precisions", "fp32"),
+        short=("--threads", "1", "--archs", "segformer_mit_b0", "--precisions", "fp32,bf16"),
     ),
 )
 
