@@ -47,7 +47,7 @@ from datasets.images import (
 from networks.api import HumanParser
 from utils.cli import AMP_CHOICES, float_list, hw_pair
 from utils.fileio import atomic_write
-from utils.inference import autocast
+from utils.inference import argmax_labels, autocast
 from utils.logger import setup_logging
 from utils.masks import KINDS, build_mask, get_mask_rules
 
@@ -168,7 +168,12 @@ class Writer:
         return all(p.is_file() for p in self.targets(name))
 
     def write(self, name: str, crop_logits: torch.Tensor, meta: dict, rgb: np.ndarray | None):
-        labels = self.parser.to_labels(crop_logits, meta)  # (H, W) uint8 on the photo
+        logits = None
+        if self.save_logits != "none":  # the full warp is needed anyway: take labels from it
+            logits = self.parser.to_original(crop_logits, meta)  # (C, H, W) on the photo
+            labels = argmax_labels(logits)
+        else:
+            labels = self.parser.to_labels(crop_logits, meta)  # (H, W) uint8 on the photo
         image = Image.fromarray(labels, mode="P")
         image.putpalette(self.palette)
         atomic_write(
@@ -186,8 +191,7 @@ class Writer:
                 self.out / "overlay" / f"{name}.jpg",
                 lambda p: cv2.imwrite(p, cv2.cvtColor(blend, cv2.COLOR_RGB2BGR)),
             )
-        if self.save_logits != "none":
-            logits = self.parser.to_original(crop_logits, meta)  # (C, H, W) on the photo
+        if logits is not None:
             values = logits.softmax(0) if self.save_logits == "probs" else logits
             array = values.to(torch.float16).cpu().numpy()
             atomic_write(self.out / "logits" / f"{name}.npy", lambda p: np.save(p, array))

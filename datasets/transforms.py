@@ -321,27 +321,19 @@ def logits_to_original(
     Returns:
         (N, C, H, W) float32 logits.
     """
-    grid = inverse_grid(logits, center, scale, out_hw, crop_hw)
+    n, _, h, w = logits.shape
+    theta = inverse_theta(n, center, scale, out_hw, crop_hw if crop_hw is not None else (h, w))
+    theta_t = torch.as_tensor(theta, dtype=torch.float32, device=logits.device)
+    grid = F.affine_grid(theta_t, [n, 1, int(out_hw[0]), int(out_hw[1])], align_corners=True)
     return F.grid_sample(
         logits.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=True
     )
 
 
-def inverse_grid(
-    logits: Tensor, center, scale, out_hw: tuple[int, int], crop_hw: tuple[int, int] | None = None
-) -> Tensor:
-    """(N, H, W, 2) float32 `grid_sample` grid (align_corners=True) of `logits_to_original`: for
-    each photo pixel, where it lies in the (N, C, h, w) crop logits, in [-1, 1]."""
-    n, _, h, w = logits.shape
-    theta = inverse_theta(n, center, scale, out_hw, crop_hw if crop_hw is not None else (h, w))
-    theta_t = torch.as_tensor(theta, dtype=torch.float32, device=logits.device)
-    return F.affine_grid(theta_t, [n, 1, int(out_hw[0]), int(out_hw[1])], align_corners=True)
-
-
 def inverse_theta(
     n: int, center, scale, out_hw: tuple[int, int], crop_hw: tuple[int, int]
 ) -> np.ndarray:
-    """(N, 2, 3) `affine_grid` matrices of `inverse_grid` (photo pixel -> crop, both in [-1, 1])."""
+    """(N, 2, 3) `affine_grid` matrices of `logits_to_original` (photo pixel -> crop, [-1, 1])."""
     centers = np.asarray(center, np.float64).reshape(-1, 2)
     scales = np.asarray(scale, np.float64).reshape(-1, 2)
     if len(centers) not in (1, n) or len(scales) not in (1, n):

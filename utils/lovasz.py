@@ -24,6 +24,7 @@ errors may come out in another order than `torch.sort`'s, which leaves the loss 
 
 from __future__ import annotations
 
+import functools
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,7 +63,6 @@ def lovasz_grad(fg_sorted: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return grad
 
 
-_SORT_POOL: ThreadPoolExecutor | None = None
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -85,22 +85,25 @@ def _descending_rows(errors: np.ndarray) -> np.ndarray:
     return words[..., 0].astype(np.int64)
 
 
+@functools.cache
+def _sort_pool(threads: int) -> ThreadPoolExecutor:
+    """One reusable pool per thread count (`torch.set_num_threads` may change between calls)."""
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lovasz-sort")
+
+
 def _sort_rows(errors: np.ndarray) -> np.ndarray:
     """`_descending_rows`, with the rows split over torch's intra-op threads (numpy's sort
     releases the GIL), so a 2-thread training process sorts two classes at a time."""
-    global _SORT_POOL
     threads = min(torch.get_num_threads(), errors.shape[0])
     if threads <= 1:
         return _descending_rows(errors)
-    if _SORT_POOL is None or _SORT_POOL._max_workers < threads:
-        _SORT_POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="lovasz-sort")
     order = np.empty(errors.shape, dtype=np.int64)
 
     def sort_rows(rows: np.ndarray) -> None:
         order[rows] = _descending_rows(errors[rows])
 
     chunks = np.array_split(np.arange(errors.shape[0]), threads)
-    list(_SORT_POOL.map(sort_rows, [slice(c[0], c[-1] + 1) for c in chunks]))
+    list(_sort_pool(threads).map(sort_rows, [slice(c[0], c[-1] + 1) for c in chunks]))
     return order
 
 
