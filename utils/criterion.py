@@ -58,11 +58,16 @@ CONSISTENCY_MODES = ("soft", "hard")
 
 
 def _upsample(logits: Tensor, size: torch.Size) -> Tensor:
-    """(N, C, h, w) -> (N, C, H, W) float32, bilinear with align_corners=True (SCHP)."""
+    """(N, C, h, w) -> (N, C, H, W) float32, bilinear with align_corners=True (SCHP).
+
+    The small map is made contiguous first: a channels-last one (the heads' output) would give a
+    channels-last full-size map, and its gradient (contiguous, from the loss terms) would be
+    copied back to channels-last in the upsample's backward, a full-size pass per prediction.
+    """
     logits = logits.float()
     if logits.shape[-2:] == size:
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    return F.interpolate(logits.contiguous(), size=size, mode="bilinear", align_corners=True)
 
 
 def _weighted_mean(values: Tensor, weight: Tensor) -> Tensor:
