@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from datasets.images import init_decode_worker
 from datasets.labels import LabelSet
-from datasets.lip import LIPDataset
+from datasets.lip import LIPDataset, collate_samples
 from datasets.transforms import (
     FLIP_PROB,
     ROTATION_FACTOR,
@@ -208,6 +208,7 @@ def build_train_loader(args, label_set, lut, input_spec, info: DistInfo) -> Data
         drop_last=True,
         generator=torch.Generator().manual_seed(args.seed),
         worker_init_fn=init_decode_worker,
+        collate_fn=collate_samples,
     )
 
 

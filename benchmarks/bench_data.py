@@ -36,13 +36,13 @@ from pathlib import Path
 
 import cv2
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, default_collate
+from torch.utils.data import DataLoader, Dataset, Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.images import init_decode_worker  # noqa: E402
 from datasets.labels import LabelSet  # noqa: E402
-from datasets.lip import LIPDataset, read_label_png  # noqa: E402
+from datasets.lip import LIPDataset, collate_samples, read_label_png  # noqa: E402
 from datasets.transforms import generate_edge, normalize_batch  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ccp"
@@ -157,6 +157,7 @@ def bench_loader(dataset: LIPDataset, args: argparse.Namespace) -> float:
         batch_size=args.batch_size,
         num_workers=args.workers,
         worker_init_fn=init_decode_worker,
+        collate_fn=collate_samples,  # as train.py
     )
     return _images_per_s(loader, args.warmup_batches)
 
@@ -208,7 +209,7 @@ def profile_loader(dataset: LIPDataset, count: int) -> dict[str, float]:
 def time_batch_work(dataset: LIPDataset, args: argparse.Namespace) -> float:
     """Milliseconds per image of what a ``loader_uint8`` batch needs before the forward."""
     torch.set_num_threads(1)
-    batch = default_collate([dataset[i] for i in range(args.batch_size)])
+    batch = collate_samples([dataset[i] for i in range(args.batch_size)])
     times = []
     for _ in range(args.rounds * PROFILE_REPEATS):
         start = time.perf_counter()
