@@ -8,6 +8,7 @@ the model on the main process.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,8 +51,34 @@ def prepare_image(image_rgb: np.ndarray, input_size: tuple[int, int], input_spec
 
 
 def init_decode_worker(worker_id: int) -> None:
-    """DataLoader `worker_init_fn`: one OpenCV thread per worker (workers are the parallelism)."""
+    """DataLoader `worker_init_fn`: one OpenCV thread per worker (workers are the parallelism),
+    and a heap that keeps freed memory for the next sample (`keep_freed_heap`)."""
     cv2.setNumThreads(1)
+    keep_freed_heap()
+
+
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper limit on 64-bit
+_TRIM_THRESHOLD = 1 << 30
+
+
+def keep_freed_heap() -> bool:
+    """Stop glibc from returning freed heap memory to the OS (and from mmapping buffers < 32 MB).
+
+    A worker allocates and frees a few MB per sample (decoded photo, padded copy, warped crops);
+    by default glibc trims the top of the heap once a few MB are free and serves large buffers
+    with fresh mmaps, so every sample page-faults its buffers back in (about 1 us per 4 kB page,
+    ~0.5 ms of a 5 ms sample). Process-wide; no effect off glibc. Returns whether it applied.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+            and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        )
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def list_inputs(source: str | Path) -> list[Path]:
