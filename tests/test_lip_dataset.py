@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datasets.labels import IGNORE_INDEX, LabelSet
-from datasets.lip import LIPDataset
+from datasets.lip import LIPDataset, collate_samples
 from datasets.transforms import logits_to_original
 from networks.parser import IMAGENET_RGB, SCHP_BGR
 
@@ -303,3 +303,16 @@ def test_uint8_targets_hold_the_same_values(lip_sample_root, lip_labels):
     assert torch.equal(compact["edge"].long(), wide["edge"])
     with pytest.raises(ValueError, match="target_dtype"):
         LIPDataset(lip_sample_root, "val", CROP, target_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("image_dtype", [torch.uint8, torch.float32])
+def test_collate_samples_stacks_tensors_and_keeps_meta_dicts(lip_sample_root, image_dtype):
+    dataset = LIPDataset(lip_sample_root, "val", CROP, image_dtype=image_dtype, augment=False)
+    samples = [dataset[i] for i in range(len(dataset))]
+    batch = collate_samples(samples)
+    assert batch["image"].shape == (len(samples), 3, *CROP)
+    assert torch.equal(batch["image"], torch.stack([s["image"] for s in samples]))
+    assert torch.equal(batch["label"], torch.stack([s["label"] for s in samples]))
+    assert all(m is s["meta"] for m, s in zip(batch["meta"], samples, strict=True))
+    if image_dtype == torch.uint8:  # stacked in the crops' HWC memory order: no transposing copy
+        assert batch["image"].is_contiguous(memory_format=torch.channels_last)
