@@ -28,9 +28,11 @@ from datasets.transforms import (
     SCALE_FACTOR,
     Augmentation,
     box_to_center_scale,
-    flip_sample,
+    flip_lut,
     generate_edge,
     get_affine_transform,
+    mirror_affine,
+    mirror_center,
     normalize,
     sample_augmentation,
     warp_image,
@@ -207,6 +209,7 @@ class LIPDataset(Dataset):
                 "flipping needs a label_set for its left/right pairs; pass "
                 "label_set= or flip_prob=0"
             )
+        self._flip_lut = None if label_set is None else flip_lut(label_set)
         if label_lut is not None:
             label_lut = np.asarray(label_lut)
             if label_lut.shape != (_LUT_SIZE,) or label_lut.dtype != np.uint8:
@@ -296,10 +299,14 @@ class LIPDataset(Dataset):
         center, scale = box_to_center_scale(width, height, crop_w / crop_h)
         aug = self.augmentation(index)
         scale = (scale * aug.scale).astype(np.float32)
-        if aug.flip:
-            image, label, center = flip_sample(image, label, center, self.label_set)
+        if aug.flip:  # SCHP mirrors the photo and its centre; the mirror is folded into the warp
+            center = mirror_center(center, width)
         matrix = get_affine_transform(center, scale, aug.rotation, self.input_size)
+        if aug.flip:
+            matrix = mirror_affine(matrix, width)
         label_crop = warp_label(label, matrix, self.input_size)
+        if aug.flip:
+            label_crop = cv2.LUT(label_crop, self._flip_lut)  # left/right pairs swap
         # dtype conversions in numpy: torch's thread pool is slow for small ops in busy workers
         sample = {
             "image": self._warp_image(image, matrix),

@@ -160,20 +160,23 @@ def flip_lut(label_set: LabelSet) -> np.ndarray:
     return lut
 
 
-def flip_sample(
-    image: np.ndarray, label: np.ndarray, center: np.ndarray, label_set: LabelSet
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mirror image and label along x, swap the label set's pairs and mirror the centre.
+def mirror_affine(matrix: np.ndarray, width: int) -> np.ndarray:
+    """The (2, 3) affine ``matrix`` of a mirrored image, as a map of the unmirrored one.
 
-    Args:
-        image: (H, W, C) array; label: (H, W) uint8; center: (x, y).
-    Returns:
-        ``(image, label, center)`` with ``center_x -> W - center_x - 1`` (SCHP).
+    SCHP flips the photo (x -> W - 1 - x) and then warps it with ``matrix``; warping the photo
+    itself with ``matrix @ mirror`` gives the same crop (up to the warp's 1/32-pixel coordinate
+    rounding) without the two full-size flipped copies. Labels warped with it still need the
+    pair swap (`flip_lut`), which is then applied to the crop.
     """
-    width = label.shape[1]
-    flipped_label = cv2.LUT(cv2.flip(label, 1), flip_lut(label_set))
-    flipped_center = np.array([width - center[0] - 1, center[1]], np.float32)
-    return cv2.flip(image, 1), flipped_label, flipped_center
+    mirrored = np.array(matrix, dtype=np.float64, copy=True)
+    mirrored[:, 2] += mirrored[:, 0] * (width - 1)
+    mirrored[:, 0] *= -1.0
+    return mirrored
+
+
+def mirror_center(center: np.ndarray, width: int) -> np.ndarray:
+    """SCHP's centre of the mirrored photo: ``x -> W - x - 1``."""
+    return np.array([width - center[0] - 1, center[1]], np.float32)
 
 
 def normalize(

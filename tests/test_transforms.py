@@ -10,11 +10,13 @@ from datasets.labels import IGNORE_INDEX, LabelSet
 from datasets.transforms import (
     _edge_map,
     box_to_center_scale,
-    flip_sample,
+    flip_lut,
     generate_edge,
     get_affine_transform,
     inverse_warp_label,
     logits_to_original,
+    mirror_affine,
+    mirror_center,
     normalize,
     sample_augmentation,
     warp_image,
@@ -113,17 +115,32 @@ def test_sample_augmentation_stays_in_schp_ranges():
     assert 0.45 < np.mean([d.flip for d in draws]) < 0.55
 
 
-def test_flip_sample_mirrors_and_swaps_pairs(pairs_set):
-    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    label = np.array([[1, 0, 3], [2, X, 0]], np.uint8)
-    flipped_image, flipped_label, center = flip_sample(
-        image, label, np.array([0.5, 1.0]), pairs_set
-    )
-    np.testing.assert_array_equal(flipped_image, image[:, ::-1])
-    np.testing.assert_array_equal(flipped_label, [[3, 0, 2], [0, X, 1]])
-    np.testing.assert_allclose(center, [1.5, 1.0])  # x -> W - x - 1
-    again = flip_sample(flipped_image, flipped_label, center, pairs_set)
-    np.testing.assert_array_equal(again[1], label)
+@pytest.mark.parametrize("rotation, aug_scale", [(0.0, 1.0), (17.0, 1.13)])
+def test_mirror_affine_warps_like_flipping_the_photo_first(pairs_set, rotation, aug_scale):
+    """SCHP's flip (mirror photo and label, swap pairs, centre x -> W - x - 1, then warp) against
+    the folded one (warp the photo with `mirror_affine`, swap pairs on the crop)."""
+    rng = np.random.default_rng(0)
+    height, width = 150, 110
+    image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (5, 5), 0)
+    label = np.kron(rng.integers(0, 4, (15, 11)), np.ones((10, 10))).astype(np.uint8)
+    lut = flip_lut(pairs_set)
+    center, scale = box_to_center_scale(width, height, CROP[1] / CROP[0])
+    scale = scale * aug_scale
+    flipped_center = mirror_center(center, width)
+    np.testing.assert_allclose(flipped_center, [width - center[0] - 1, center[1]])
+
+    reference_matrix = get_affine_transform(flipped_center, scale, rotation, CROP)
+    reference_image = warp_image(cv2.flip(image, 1), reference_matrix, CROP)
+    reference_label = warp_label(cv2.LUT(cv2.flip(label, 1), lut), reference_matrix, CROP)
+
+    matrix = mirror_affine(reference_matrix, width)
+    folded_image = warp_image(image, matrix, CROP)
+    folded_label = cv2.LUT(warp_label(label, matrix, CROP), lut)
+
+    image_error = np.abs(folded_image.astype(int) - reference_image)
+    assert image_error.max() <= 1  # the warp's fixed-point coordinate rounding only
+    assert (folded_label == reference_label).mean() > 0.995  # nearest: rare rounding ties
+    assert set(np.unique(folded_label)) <= set(np.unique(reference_label))
 
 
 def test_normalize_matches_formula_and_colour_orders():
