@@ -180,14 +180,18 @@ def conv_bn_act(x: Tensor, weight: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     With batch statistics (training) the BatchNorm is folded into the conv too: for y = W x the
     batch mean and (biased) variance of y are W·mean(x) and diag(W Σ W^T), Σ the (Cin, Cin)
     covariance of x, so one matmul gives the normalised output and neither the forward nor the
-    backward makes a full-size BatchNorm pass over the Cout-channel map (Cin < Cout in the
-    edge branch). Statistics in float32 or wider (also under autocast); running statistics as
+    backward makes a full-size BatchNorm pass over the Cout-channel map. The covariance costs
+    Cin² per pixel, so this path is taken where Cin <= Cout (MiT's edge inputs of 32-256
+    channels into 256); wider inputs (the 320-channel stage 3 of b1-b5, ResNet) take the module
+    path. Statistics in float32 or wider (also under autocast); running statistics as
     BatchNorm2d updates them (unbiased variance, momentum or cumulative average). Eval mode is
-    `fold_sum` with the running statistics, and so is a BatchNorm subclass with its own
-    forward (`utils.sync_bn.SyncBatchNormAct2d` reduces its statistics over processes).
+    `fold_sum` with the running statistics, and so is a BatchNorm subclass with its own forward
+    (`utils.sync_bn.SyncBatchNormAct2d` reduces its statistics over processes).
     """
     exact_type = type(bn) in (nn.BatchNorm2d, BatchNormAct2d)
-    if not exact_type or (not bn.training and bn.running_mean is not None):
+    cheap = weight.shape[1] <= weight.shape[0]  # the covariance costs Cin² per pixel
+    batch_stats = bn.training or bn.running_mean is None
+    if not (exact_type and cheap and batch_stats):
         return fold_sum([x], [weight.flatten(1)], [None], align_corners=False, bn=bn)
     batch, _, height, width = x.shape
     weight = weight.flatten(1)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from datasets.lip import LIPDataset, read_label_png
 from datasets.transforms import normalize_batch, warp_image
 from networks import SCHP_BGR, build_model
+from networks.heads import BatchNormAct2d, conv_bn_act
 from networks.parser import IMAGENET_RGB
 
 NUM_CLASSES = 5
@@ -155,3 +156,31 @@ def test_warp_image_equals_the_plain_three_channel_warp(source_hw, swap_rb: bool
     if swap_rb:
         plain = plain[:, :, ::-1]
     np.testing.assert_array_equal(warp_image(image, matrix, (40, 30), swap_rb=swap_rb), plain)
+
+
+@pytest.mark.parametrize("in_channels", [6, 24], ids=["covariance", "module-path"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_conv_bn_act_trains_like_conv_then_batchnorm(in_channels: int, momentum) -> None:
+    """1x1 conv + BatchNormAct2d in training mode: outputs, input/weight/affine gradients and
+    running statistics equal the two modules' (float64)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(in_channels, 12, 1, bias=False).double()
+    bn = BatchNormAct2d(12, momentum=momentum).double()
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.normal_()
+    x = torch.randn(3, in_channels, 7, 5, dtype=torch.float64)
+    x = (x * 3 + 1).contiguous(memory_format=torch.channels_last)
+    pairs = [(copy.deepcopy(conv), copy.deepcopy(bn)) for _ in range(2)]
+    results = []
+    for (c, b), fused in zip(pairs, (True, False), strict=True):
+        inputs = x.clone().requires_grad_()
+        for _ in range(2):  # two steps: the running statistics update twice
+            out = conv_bn_act(inputs, c.weight, b) if fused else b(c(inputs))
+        out.pow(2).mean().backward()
+        results.append((out, inputs.grad, c.weight.grad, b.weight.grad, b.bias.grad, b))
+    for mine, theirs in zip(results[0][:5], results[1][:5], strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-10, rtol=1e-9)
+    ours, reference = results[0][5], results[1][5]
+    torch.testing.assert_close(ours.running_mean, reference.running_mean, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(ours.running_var, reference.running_var, atol=1e-12, rtol=1e-10)
+    assert int(ours.num_batches_tracked) == int(reference.num_batches_tracked) == 2
