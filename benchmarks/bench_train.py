@@ -1,8 +1,10 @@
 """Training-step speed of our parser next to HF `SegformerForSemanticSegmentation`, same process.
 
 Ours: forward (parsing, edge and fusion heads), CE2P loss (Lovász + CE on parsing and fusion,
-class-balanced edge CE, consistency), backward, AdamW step (adamw_custom groups). HF: forward with
-`labels=` (its own CE loss on logits upsampled to the label size), backward, AdamW step. Same MiT
+class-balanced edge CE, consistency), backward, AdamW step as train.py builds it (adamw_custom
+groups, torch's fused AdamW kernel: b0 15.7 -> 3.4 ms, b4 231 -> 76 ms of the step on 1 thread).
+HF: forward with `labels=` (its own CE loss on logits upsampled to the label size), backward,
+`torch.optim.AdamW` with its defaults (what HF's Trainer uses by default, `adamw_torch`). Same MiT
 variant, decoder width, input, labels and batch; random weights. Steps of the two are timed in
 alternating rounds (fair on a shared machine). Prints JSON: median seconds per step, images/s and
 the ratio ours/HF of the step time (target <= 1.0) for fp32 and bf16 autocast.

@@ -50,6 +50,7 @@ def test_single_group_optimizers_cover_everything_with_decay(model, name):
         assert group["momentum"] == 0.9 and group["nesterov"] is False
     else:
         assert isinstance(optimizer, torch.optim.AdamW) and group["betas"] == (0.9, 0.999)
+        assert optimizer.defaults["fused"]  # one kernel per step on CPU and CUDA
 
 
 def test_adamw_custom_heads_at_10x_and_no_decay_for_norms_and_biases(model):
