@@ -4,7 +4,7 @@ Ours: forward (parsing, edge and fusion heads), CE2P loss (Lovász + CE on parsi
 class-balanced edge CE, consistency), backward, AdamW step as train.py builds it (adamw_custom
 groups, torch's fused AdamW kernel: b0 15.7 -> 3.4 ms, b4 231 -> 76 ms of the step on 1 thread).
 HF: forward with `labels=` (its own CE loss on logits upsampled to the label size), backward,
-`torch.optim.AdamW` with its defaults (what HF's Trainer uses by default, `adamw_torch`). Same MiT
+fused `torch.optim.AdamW` (HF's Trainer default with torch >= 2.8, `adamw_torch_fused`). Same MiT
 variant, decoder width, input, labels and batch; random weights. Steps of the two are timed in
 alternating rounds (fair on a shared machine). Prints JSON: median seconds per step, images/s and
 the ratio ours/HF of the step time (target <= 1.0) for fp32 and bf16 autocast.
@@ -83,7 +83,9 @@ def build_steps(arch: str, batch: dict, precision: str) -> dict[str, Callable[[]
     """One full training step for each model; each returns its loss."""
     ours, hf = (m.train() for m in build_pair(arch, torch.device("cpu")))
     ours_opt, _ = build_optimizer(ours, "adamw_custom", LEARNING_RATE, WEIGHT_DECAY)
-    hf_opt = torch.optim.AdamW(hf.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    hf_opt = torch.optim.AdamW(
+        hf.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, fused=True
+    )
     criterion = CE2PLoss()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
 
