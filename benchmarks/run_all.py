@@ -158,10 +158,10 @@ BENCHMARKS = (
     Benchmark(
         "bench_train",
         train_rows,
-        short=("--threads", "1", "--iters", "4", "--warmup", "1", "--precisions", "fp32"),
+        short=("--threads", "1", "--iters", "7", "--warmup", "1", "--precisions", "fp32"),
         full=("--iters", "5"),
     ),
-    Benchmark("bench_data", data_rows, short=("--num-images", "60", "--rounds", "2")),
+    Benchmark("bench_data", data_rows, short=("--num-images", "100", "--rounds", "3")),
     Benchmark("bench_preprocess", preprocess_rows, short=("--num", "50")),
     Benchmark(
         "bench_extract",
