@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from datasets.lip import LIPDataset, read_label_png
 from datasets.transforms import normalize_batch, warp_image
 from networks import SCHP_BGR, build_model
-from networks.heads import BatchNormAct2d, conv_bn_act
+from networks.heads import BatchNormAct2d, conv_bn_act, tap_conv
 from networks.parser import IMAGENET_RGB
 
 NUM_CLASSES = 5
@@ -184,3 +184,22 @@ def test_conv_bn_act_trains_like_conv_then_batchnorm(in_channels: int, momentum)
     torch.testing.assert_close(ours.running_mean, reference.running_mean, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(ours.running_var, reference.running_var, atol=1e-12, rtol=1e-10)
     assert int(ours.num_batches_tracked) == int(reference.num_batches_tracked) == 2
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, out_channels", [(3, 1, 2), (5, 1, 3), (1, 1, 4), (3, 2, 2)]
+)
+def test_tap_conv_equals_the_conv_forward_and_backward(kernel, stride, out_channels) -> None:
+    """Same-padded stride-1 convs run as tap matmul + one-hot grouped conv; others fall back."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(7, out_channels, kernel, stride=stride, padding=kernel // 2).double()
+    x = torch.randn(2, 7, 11, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for run in (tap_conv, lambda t, c: c(t)):
+        inputs = x.clone().requires_grad_()
+        conv.zero_grad()
+        out = run(inputs, conv)
+        out.pow(2).sum().backward()
+        grads.append((out, inputs.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for mine, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-12, rtol=1e-10)
