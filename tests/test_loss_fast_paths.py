@@ -119,15 +119,43 @@ def test_parsing_edge_map_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda z: parsing_edge_map(F.softmax(z, 1), valid), (x,))
 
 
-def test_descending_rows_sorts_float32_errors_like_argsort():
-    from utils.lovasz import _descending_rows
+@pytest.mark.parametrize("subset", [False, True], ids=["whole-row", "kept-subset"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["words", "argsort"])
+def test_descending_orders_by_descending_error_then_index(dtype, subset) -> None:
+    from utils.lovasz import _descending
 
     rng = np.random.default_rng(0)
-    errors = rng.random((4, 1000), dtype=np.float32)
-    errors[:, ::7] = 0.0  # ignore pixels: exact zeros
-    errors[:, 1::9] = 0.5  # runs of equal errors
-    order = _descending_rows(errors)
+    errors = rng.random(1000).astype(dtype)
+    errors[::7] = 0.0  # ignore pixels: exact zeros
+    errors[1::9] = 0.5  # runs of equal errors
+    kept = np.flatnonzero(rng.random(1000) < 0.6) if subset else None
+    order = _descending(errors, kept)
     assert order.dtype == np.int64
-    assert (np.sort(order, axis=1) == np.arange(1000)).all()  # a permutation of each row
-    expected = -np.sort(-errors, axis=1)
-    assert (np.take_along_axis(errors, order, axis=1) == expected).all()
+    candidates = np.arange(1000) if kept is None else kept
+    np.testing.assert_array_equal(np.sort(order), candidates)  # each candidate once
+    expected = sorted(candidates, key=lambda i: (-errors[i], i))
+    np.testing.assert_array_equal(order, expected)
+
+
+def test_confident_predictions_drop_background_below_the_last_foreground(monkeypatch):
+    """Background errors below every foreground error of their class are not sorted, and loss and
+    gradient still equal the reference's."""
+    import utils.lovasz
+
+    sorted_fraction = []
+    descending = utils.lovasz._descending
+
+    def recording_descending(errors, kept):
+        sorted_fraction.append(1.0 if kept is None else len(kept) / errors.size)
+        return descending(errors, kept)
+
+    monkeypatch.setattr(utils.lovasz, "_descending", recording_descending)
+    logits, label = batch(7)
+    # a trained net's shape: other classes' logits far below (most background probabilities
+    # below the best foreground error), no probability of exactly 1 away from batch()'s corner
+    logits = logits / 10.0 + 10.0 * F.one_hot(label.clamp(max=4), 5).movedim(-1, 1) - 6.0
+    value, grad = value_and_grad(lovasz_softmax, logits, label)
+    ref_value, ref_grad = value_and_grad(reference_lovasz, logits, label)
+    assert value.item() == pytest.approx(ref_value.item(), abs=TOL)
+    assert (grad - ref_grad).abs().max().item() < TOL
+    assert min(sorted_fraction) < 0.5  # the test exercises the subset path
