@@ -110,16 +110,14 @@ def _row_lovasz_grad(errors: np.ndarray, fg: np.ndarray, out: np.ndarray) -> Non
     """
     threshold = np.min(errors, where=fg, initial=np.inf)
     keep = errors >= threshold
-    kept = (
-        None if np.count_nonzero(keep) > _SUBSET_MAX_FRACTION * keep.size else np.flatnonzero(keep)
-    )
+    share = np.count_nonzero(keep) / keep.size
+    kept = None if share > _SUBSET_MAX_FRACTION else np.flatnonzero(keep)
     order = _descending(errors, kept)
     dtype = np.float32 if errors.dtype == np.float32 and errors.size < 2**24 else np.float64
     passed = np.cumsum(fg[order], dtype=dtype)  # foreground among the first i+1 (exact integers)
     inter = passed[-1] - passed  # foreground not yet passed (all of it is in the sorted part)
-    ratio = inter / (
-        inter + np.arange(1, len(order) + 1, dtype=dtype)
-    )  # union = gts + rank - passed
+    rank = np.arange(1, len(order) + 1, dtype=dtype)
+    ratio = inter / (inter + rank)  # intersection / union, union = gts + rank - passed
     grad = np.empty_like(ratio)
     grad[0] = 1.0 - ratio[0]
     np.subtract(ratio[:-1], ratio[1:], out=grad[1:])
