@@ -173,14 +173,10 @@ class _LovaszSoftmax(torch.autograd.Function):
         # Signed errors p_c - 1[y = c], class-major (one copy): |.| is the error, sgn its
         # derivative (0 where the error is exactly 0, as autograd's abs). Ignore pixels: 0.
         pixels = flat_labels.numel()
-        diff = probas.detach().transpose(0, 1).index_select(0, classes).view(-1)
-        # - 1 at each valid pixel's own class: P indexed updates instead of a K x P pass
-        row_of_class = torch.zeros(c, dtype=torch.long, device=classes.device)
-        row_of_class[classes] = torch.arange(len(classes), device=classes.device)
-        pixel = torch.nonzero(valid).squeeze(1)
-        own = row_of_class[flat_labels[pixel]] * pixels + pixel
-        diff[own] -= 1.0
-        diff = diff.view(len(classes), pixels).masked_fill_(~valid, 0.0)
+        diff = probas.detach().transpose(0, 1).index_select(0, classes).view(-1, pixels)
+        # - 1 at each valid pixel's own class: a K x P pass on all threads (P indexed updates
+        # are fewer operations but run on one thread: 8 vs 3.5 ms for 9 x 393k, 1 thread)
+        diff.sub_(fg.to(diff.dtype)).masked_fill_(~valid, 0.0)
         errors = diff.abs()
         if errors.device.type == "cpu":
             grad = _lovasz_grad_cpu(errors, fg)
