@@ -215,21 +215,26 @@ def conv_bn_act(x: Tensor, weight: Tensor, bn: nn.BatchNorm2d) -> Tensor:
         if bn.bias is not None:
             shift = shift + bn.bias
     if bn.training and bn.track_running_stats:
-        _update_running_stats(bn, mean.detach(), var.detach(), rows.shape[0])
+        update_running_stats(bn, mean, var, rows.shape[0])
     out = torch.addmm(shift.to(rows.dtype), rows, (weight * scale[:, None].to(weight.dtype)).T)
     out = _bn_activation(bn, out)
     return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 
-def _update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
-    """BatchNorm2d's update of the running mean and (unbiased) variance from batch statistics."""
-    bn.num_batches_tracked.add_(1)
-    momentum = bn.momentum
-    if momentum is None:  # cumulative moving average
-        momentum = 1.0 / float(bn.num_batches_tracked)
-    unbiased = var * (count / max(count - 1, 1))
-    bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
-    bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+def update_running_stats(
+    bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int | Tensor
+) -> None:
+    """BatchNorm2d's update of the running mean and (unbiased) variance from the batch mean and
+    biased variance of `count` values per channel (a tensor keeps it on the device)."""
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        momentum = bn.momentum
+        if momentum is None:  # cumulative moving average
+            momentum = 1.0 / float(bn.num_batches_tracked)
+        count = torch.as_tensor(count, dtype=var.dtype, device=var.device)
+        unbiased = var * (count / (count - 1).clamp(min=1))
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
 
 
 def tap_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:

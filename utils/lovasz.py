@@ -13,11 +13,11 @@ pixel in the order g is 0, so background pixels with an error below the smallest
 error are left out (~80 % of the (class, pixel) pairs of a trained model; exact, the kept ones
 sort to the full sort's prefix), and numpy's SIMD sort of (error bits, pixel index) words is
 ~5x faster than `torch.sort`, which runs elsewhere. The forward makes one class-major copy of
-the probabilities and subtracts the foreground with P indexed updates. The loss is piecewise
-linear in the errors, so its gradient w.r.t. the
-errors is g itself, put back in pixel order; the backward multiplies it by d|1[y = c] - p_c|/dp_c
-(-1 on the foreground, +1 elsewhere, 0 where the error is exactly 0, as autograd's `abs`). No
-autograd graph runs through the sort, gather or cumsum.
+the probabilities and subtracts the foreground from it in place. The loss is piecewise linear
+in the errors, so its gradient w.r.t. the errors is g itself, put back in pixel order; the
+backward multiplies it by d|1[y = c] - p_c|/dp_c (-1 on the foreground, +1 elsewhere, 0 where
+the error is exactly 0, as autograd's `abs`). No autograd graph runs through the sort, gather
+or cumsum.
 
 Ignore pixels get error 0 and foreground 0: they sort to the tail, where they contribute nothing
 and leave the Jaccard gradient of every other pixel unchanged. Absent classes are skipped. Equal

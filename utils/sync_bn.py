@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from networks.heads import LEAKY_SLOPE, BatchNormAct2d
+from networks.heads import LEAKY_SLOPE, BatchNormAct2d, update_running_stats
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -69,14 +69,7 @@ class SyncBatchNormAct2d(BatchNormAct2d):
         centred = x - mean.view(shape)
         var = all_reduce((centred * centred).sum((0, 2, 3))) / total  # biased
         if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = self.momentum
-                if factor is None:  # cumulative average, as nn.BatchNorm2d
-                    factor = 1.0 / self.num_batches_tracked.item()
-                unbiased = var * total / (total - 1).clamp(min=1)
-                self.running_mean.lerp_(mean.detach(), factor)
-                self.running_var.lerp_(unbiased.detach(), factor)
+            update_running_stats(self, mean, var, total)
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
