@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets.images import init_decode_worker
-from datasets.lip import LIPDataset
+from datasets.lip import LIPDataset, data_error_line
 from networks import build_model
 from networks.weights import WeightsError, load_weights
 from utils.checkpoint import read_checkpoint
@@ -243,8 +243,8 @@ def main(args: argparse.Namespace) -> None:
             scales=args.multi_scales,
             save_dir=save_dir,
         )
-    except ValueError as err:  # a bad label file; from a DataLoader worker it carries a traceback
-        raise SystemExit(str(err).strip().splitlines()[-1].removeprefix("ValueError: ")) from None
+    except (ValueError, FileNotFoundError) as err:  # a bad or missing label / image file
+        raise SystemExit(data_error_line(err)) from None
     if info.is_main:
         log_dir.mkdir(parents=True, exist_ok=True)
         record = {

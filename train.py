@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from tqdm import tqdm
 
 from datasets.images import init_decode_worker
 from datasets.labels import LabelSet
-from datasets.lip import LIPDataset, collate_samples
+from datasets.lip import LIPDataset, collate_samples, data_error_line
 from datasets.transforms import (
     FLIP_PROB,
     ROTATION_FACTOR,
@@ -337,6 +338,20 @@ def as_float(output: ParsingOutput) -> ParsingOutput:
     return ParsingOutput(*(None if t is None else t.float() for t in output))
 
 
+def _batches(loader: DataLoader) -> Iterator[dict]:
+    """The loader's batches; a bad sample (label id outside the set, missing or unreadable file)
+    ends the run with its one-line message instead of a worker traceback."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(data_error_line(err)) from None
+        yield batch
+
+
 def train_one_epoch(run: Run, epoch: int, lr: float) -> dict[str, float]:
     """One pass over the loader; every step goes to log.jsonl; returns mean losses (all ranks)."""
     args, info, cycle_n = run.args, run.info, run.cycle_n
@@ -344,7 +359,13 @@ def train_one_epoch(run: Run, epoch: int, lr: float) -> dict[str, float]:
     criterion = build_criterion(args.loss, *lambdas, consistency=args.cons_loss_type)
     set_train_mode(run.model)
     sums = torch.zeros(len(LOSS_PARTS) + 1, dtype=torch.float64)  # loss parts, steps
-    bar = tqdm(run.loader, desc=f"epoch {epoch}", disable=not info.is_main, dynamic_ncols=True)
+    bar = tqdm(
+        _batches(run.loader),
+        total=len(run.loader),
+        desc=f"epoch {epoch}",
+        disable=not info.is_main,
+        dynamic_ncols=True,
+    )
     for step, batch in enumerate(bar):
         images, labels, edges = prepare_batch(batch, run.input_spec, info.device)
         soft = None

@@ -116,6 +116,12 @@ def read_label_png(path: Path) -> np.ndarray:
         return np.asarray(image)
 
 
+def data_error_line(err: Exception) -> str:
+    """The one line of a bad-data error (label id outside the set, missing or unreadable file),
+    also when a DataLoader worker re-raised it with the worker's traceback in its message."""
+    return str(err).strip().splitlines()[-1].removeprefix(f"{type(err).__name__}: ")
+
+
 def collate_samples(samples: list[dict]) -> dict:
     """DataLoader ``collate_fn`` for `LIPDataset` samples: tensors stacked, ``meta`` kept as the
     list of the samples' dicts.

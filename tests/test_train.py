@@ -400,3 +400,15 @@ def test_bad_input_gets_one_clear_line_and_writes_nothing(case, data, weights_b0
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not log_dir.exists()  # nothing partially written
+
+
+@pytest.mark.slow
+def test_a_bad_label_met_while_training_ends_with_its_one_line(data, tmp_path):
+    """Raw LIP ids (up to 19) without --do_mapping: the loader worker meets ids outside the
+    9-class set mid-epoch; the run ends with that line, not the worker's traceback."""
+    flags = _common(data.lip, tmp_path / "log", "--epochs", "1", "--no-schp", "--workers", "1")
+    result = _train(*flags, check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "outside the 9-class set" in last and "_segmentations" in last, last
