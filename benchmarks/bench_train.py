@@ -37,6 +37,7 @@ PRECISIONS = ("fp32", "bf16")
 LEARNING_RATE = 6e-5  # the seed README's
 WEIGHT_DECAY = 1e-2
 IGNORE_FRACTION = 0.05  # share of label pixels set to IGNORE_INDEX
+ARCHS = sorted(name for name in MODELS if name.startswith("segformer_"))
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -45,12 +46,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    archs = sorted(name for name in MODELS if name.startswith("segformer_"))
     parser.add_argument(
         "--archs",
         type=lambda text: text.split(","),
         default=["segformer_mit_b0", "segformer_mit_b4"],
-        help=f"Comma-separated models to time, from {','.join(archs)}.",
+        help=f"Comma-separated models to time, from {','.join(ARCHS)}.",
     )
     parser.add_argument("--batch-size", type=int, default=2, help="Images per step.")
     parser.add_argument("--input-size", type=hw_pair, default=(512, 384), help="Crop H,W.")
@@ -126,6 +126,9 @@ def time_steps(steps: dict[str, Callable[[], float]], iters: int, warmup: int) -
 
 
 def main(args: argparse.Namespace) -> dict:
+    unknown = [arch for arch in args.archs if arch not in ARCHS]
+    if unknown:
+        raise SystemExit(f"--archs: unknown {unknown}; choose from {','.join(ARCHS)}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     batch = make_batch(args.batch_size, args.input_size)
