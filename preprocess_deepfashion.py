@@ -40,13 +40,14 @@ from datasets.labels import (
     LabelConfig,
     load_label_config,
 )
+from utils.fileio import TEMP_SUFFIX, remove_stale_temp_files
 from utils.logger import setup_logging
 
 logger = logging.getLogger("preprocess_deepfashion")
 
 SPLITS = ("train", "val")
 SEGM_SUFFIX = "_segm.png"
-TEMP_SUFFIX = ".tmp"  # partial files are named .<name>.<pid>.tmp next to their final name
+JPEG_QUALITY_RANGE = (1, 100)  # OpenCV takes 0..100; libjpeg reads 0 as 1
 CHUNKSIZE = 4
 MAX_LOGGED_SKIPS = 10  # the full list is in stats.json
 
@@ -122,9 +123,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="Write side-by-side sheets of the first N samples to visualize/.",
     )
     output.add_argument(
-        "--jpeg-quality", type=int, default=95, help="Quality of the re-encoded JPEG images."
+        "--jpeg-quality",
+        type=jpeg_quality,
+        default=95,
+        help="Quality of the re-encoded JPEG images, 1 (smallest) to 100 (best).",
     )
     return parser
+
+
+def jpeg_quality(text: str) -> int:
+    """--jpeg-quality: an integer in JPEG_QUALITY_RANGE."""
+    low, high = JPEG_QUALITY_RANGE
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}")
+    return value
 
 
 def load_mapping(path: Path) -> LabelConfig:
@@ -176,14 +192,19 @@ def split_ids(ids: list[str], num_train: int, num_val: int | None, seed: int) ->
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name in the same folder, then rename it to ``path``."""
+    """Write ``data`` to a temporary name in the same folder, then rename it to ``path``.
+
+    The temporary name ``.<name>.<pid>.tmp`` is of `utils.fileio`'s pattern, so that
+    `remove_stale_temp_files` clears what a killed run left.
+    """
     temp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     temp.write_bytes(data)
     os.replace(temp, path)
 
 
 def prepare_dest(dest: Path, mapping_cfg: Path, splits: dict) -> None:
-    """Create the folders, check an earlier run's id lists and label set, clear partial files."""
+    """Create the folders, check an earlier run's id lists and label set, clear the partial
+    files of a killed run."""
     for split in SPLITS:
         id_file = dest / f"{split}_id.txt"
         if id_file.is_file() and not set(id_file.read_text().split()) <= set(splits[split]):
@@ -196,10 +217,9 @@ def prepare_dest(dest: Path, mapping_cfg: Path, splits: dict) -> None:
         raise SystemExit(
             f"{label_set}: differs from {mapping_cfg}; pick another --dest_data_dir or delete it"
         )
+    remove_stale_temp_files(dest, recursive=True)
     for folder in [f"{s}_{kind}" for s in SPLITS for kind in ("images", "segmentations")]:
         (dest / folder).mkdir(parents=True, exist_ok=True)
-        for partial in (dest / folder).glob(f".*{TEMP_SUFFIX}"):
-            partial.unlink()
     write_atomic(label_set, mapping_cfg.read_bytes())
     for split in SPLITS:
         write_atomic(dest / f"{split}_id.txt", "".join(f"{n}\n" for n in splits[split]).encode())

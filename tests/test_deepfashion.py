@@ -270,3 +270,31 @@ def test_cli_subprocess_with_workers_matches_in_process_run(src: Path, tmp_path:
     assert len(list((tmp_path / "cli" / "visualize").glob("*.png"))) == 2
     outputs = {k: v for k, v in files_of(tmp_path / "cli").items() if "visualize" not in k}
     assert outputs == files_of(tmp_path / "inline")
+
+
+@pytest.mark.parametrize(("value", "accepted"), [("500", False), ("0", False), ("1", True)])
+def test_jpeg_quality_must_be_1_to_100(value: str, accepted: bool, capsys) -> None:
+    argv = ["--mapping_cfg", "m.yaml", "--dest_data_dir", "d", "--jpeg-quality", value]
+    if accepted:
+        assert prep.get_args_parser().parse_args(argv).jpeg_quality == int(value)
+        return
+    with pytest.raises(SystemExit):
+        prep.get_args_parser().parse_args(argv)
+    assert "argument --jpeg-quality: must be 1..100" in capsys.readouterr().err
+
+
+def test_a_rerun_removes_every_stale_temporary_and_nothing_else(src: Path, tmp_path: Path) -> None:
+    run(src, tmp_path)
+    want = files_of(tmp_path)
+    stale = [tmp_path / ".stats.json.4242.tmp", tmp_path / "val_images" / ".x.jpg.4242.tmp"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    killed_write = tmp_path / "train_images" / ".y.jpg.k2j3h4l5.tmp"  # utils.fileio's folders
+    killed_write.mkdir()
+    (killed_write / "y.jpg").write_bytes(b"partial")
+    kept = [tmp_path / "notes.tmp", tmp_path / ".keep"]
+    for path in kept:
+        path.write_text("the user's\n")
+    run(src, tmp_path)
+    assert not any(p.exists() for p in [*stale, killed_write])
+    assert files_of(tmp_path) == want | {p.name: b"the user's\n" for p in kept}
