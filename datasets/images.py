@@ -40,7 +40,11 @@ def read_image_rgb(path: str | Path) -> np.ndarray | None:
 
 
 def prepare_image(image_rgb: np.ndarray, input_size: tuple[int, int], input_spec):
-    """Crop tensor (3, H, W) and meta (center, scale, height, width) of one photo."""
+    """Crop tensor (3, H, W) and meta (center, scale, height, width) of one photo.
+
+    Raises:
+        ValueError: the photo has a side under 2 px (the message names its size).
+    """
     height, width = image_rgb.shape[:2]
     crop_h, crop_w = input_size
     center, scale = box_to_center_scale(width, height, crop_w / crop_h)
@@ -109,7 +113,8 @@ def output_names(paths: list[Path], root: Path | None = None) -> list[str]:
 
 
 class PhotoDataset(Dataset):
-    """Photos by path; an unreadable one yields `image=None` so the caller can list and skip it.
+    """Photos by path; an unreadable one, or one too small to crop (a side under 2 px), yields
+    `image=None` so the caller can list and skip it.
 
     Args:
         paths, names: the photos and their output names.
@@ -128,9 +133,13 @@ class PhotoDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image = read_image_rgb(self.paths[index])
         sample = {"name": self.names[index], "path": str(self.paths[index]), "image": None}
-        if image is not None:
+        if image is None:
+            return sample
+        try:
             sample["image"], sample["meta"] = prepare_image(image, self.input_size, self.input_spec)
-            sample["rgb"] = image if self.keep_rgb else None
+        except ValueError:  # too small to crop (a side under MIN_IMAGE_SIDE): failed, as unreadable
+            return sample
+        sample["rgb"] = image if self.keep_rgb else None
         return sample
 
 

@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from datasets.images import init_decode_worker
 from datasets.labels import LabelSet, check_label_ids
 from datasets.transforms import (
     FLIP_PROB,
@@ -52,6 +53,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IHDR = slice(12, 16)  # type of the first chunk
 _PNG_DEPTH_COLOUR = slice(24, 26)  # IHDR bit depth and colour type
 _PNG_GREY8 = bytes((8, 0))  # 8-bit greyscale
+CHECK_BATCH = 32  # samples per worker task of `check_samples`
 
 
 def _layout(root: Path, split: str) -> str:
@@ -260,12 +262,12 @@ class LIPDataset(Dataset):
     def read_image(self, index: int) -> np.ndarray:
         """(H, W, 3) uint8 photo in BGR order (as decoded by OpenCV)."""
         path = self.image_path(index)
-        image = cv2.imread(str(path), _IMREAD_FLAGS)
-        if image is None and not path.is_file():
+        if not path.is_file():  # before imread, which would print an OpenCV warning
             raise FileNotFoundError(
                 f"{path}: image of id {self.ids[index]!r} is missing; "
                 f"{_layout(self.root, self.split)}"
             )
+        image = cv2.imread(str(path), _IMREAD_FLAGS)
         if image is None:
             raise ValueError(
                 f"{path}: image of id {self.ids[index]!r} cannot be decoded; "
@@ -290,8 +292,8 @@ class LIPDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         return sample_augmentation(rng, self.scale_factor, self.rotation_factor, self.flip_prob)
 
-    def __getitem__(self, index: int) -> dict:
-        index = range(len(self.ids))[index]  # negative indices too; IndexError past the end
+    def _read_checked(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(image, label, center, scale) of a sample whose files passed every check."""
         image = self.read_image(index)
         label = self.read_label(index)
         height, width = label.shape
@@ -302,7 +304,28 @@ class LIPDataset(Dataset):
                 f"{width}x{height}; they must match"
             )
         crop_h, crop_w = self.input_size
-        center, scale = box_to_center_scale(width, height, crop_w / crop_h)
+        try:
+            center, scale = box_to_center_scale(width, height, crop_w / crop_h)
+        except ValueError as err:  # a side under 2 px: no crop can be made of it
+            raise ValueError(
+                f"{self.image_path(index)}: {err}; replace the photo or drop id {self.ids[index]!r}"
+            ) from None
+        return image, label, center, scale
+
+    def check_sample(self, index: int) -> None:
+        """Read sample ``index`` as ``dataset[index]`` does, without warping it.
+
+        Raises:
+            FileNotFoundError, ValueError: the image or label is missing or cannot be decoded,
+                their sizes differ, a label id is outside the label set or the photo is too
+                small to crop; the message names the file.
+        """
+        self._read_checked(index)
+
+    def __getitem__(self, index: int) -> dict:
+        index = range(len(self.ids))[index]  # negative indices too; IndexError past the end
+        image, label, center, scale = self._read_checked(index)
+        height, width = label.shape
         aug = self.augmentation(index)
         scale = (scale * aug.scale).astype(np.float32)
         if aug.flip:  # SCHP mirrors the photo and its centre; the mirror is folded into the warp
@@ -341,3 +364,39 @@ class LIPDataset(Dataset):
         crop = warp_image(image_bgr, matrix, self.input_size, swap_rb=rgb)
         # a CHW view of the HWC crop: the DataLoader's collate copies it into the batch anyway
         return torch.from_numpy(crop).permute(2, 0, 1)
+
+
+class _SampleCheck(Dataset):
+    """`LIPDataset.check_sample` of some indices, as a dataset for DataLoader workers."""
+
+    def __init__(self, dataset: LIPDataset, indices: range) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> int:
+        self.dataset.check_sample(self.indices[position])
+        return position
+
+
+def check_samples(dataset: LIPDataset, workers: int = 0, shard: tuple[int, int] = (0, 1)) -> None:
+    """Read every sample of ``dataset`` once (``shard`` = (i, n): every n-th from the i-th), in
+    ``workers`` DataLoader processes, so that a bad file is met before a run writes anything.
+
+    Raises:
+        FileNotFoundError, ValueError: of the first bad sample met (`LIPDataset.check_sample`);
+            from a worker, its message ends with that line (`data_error_line`).
+    """
+    index, count = shard
+    samples = _SampleCheck(dataset, range(index, len(dataset), count))
+    loader = DataLoader(
+        samples,
+        batch_size=CHECK_BATCH,
+        num_workers=workers,
+        collate_fn=len,
+        worker_init_fn=init_decode_worker,
+        generator=torch.Generator(),  # its worker seed draw leaves the global RNG alone
+    )
+    for _ in loader:
+        pass

@@ -29,6 +29,7 @@ FLIP_PROB = 0.5  # probability of a horizontal flip
 # this many times the output's pixels; the warp itself costs per output pixel (measured: the
 # padding pass is ~10x cheaper per pixel than the time the 4-channel warp saves)
 RGBA_WARP_MAX_AREA = 4
+MIN_IMAGE_SIDE = 2  # px: the centre/scale box of a narrower image is empty (singular affine)
 _NUM_BYTE_VALUES = 256
 _PIXEL_MAX = 255.0
 
@@ -65,7 +66,14 @@ def box_to_center_scale(
 
     The box is SCHP's ``[0, 0, width-1, height-1]``; ``aspect_ratio`` is crop W / crop H.
     Returns float32 ``center`` (x, y) and ``scale`` (w, h).
+
+    Raises:
+        ValueError: a side is below ``MIN_IMAGE_SIDE`` pixels (the message names the size).
     """
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"image is {width}x{height} px; a photo needs at least {MIN_IMAGE_SIDE} px per side"
+        )
     box_w, box_h = width - 1.0, height - 1.0
     if box_w > aspect_ratio * box_h:
         box_h = box_w / aspect_ratio
@@ -90,9 +98,18 @@ def get_affine_transform(
     above it, turned by ``rotation`` degrees, maps to ``(W-1)/2`` above the crop centre; the third
     pair is the perpendicular. Only ``scale[0]`` is used: the zoom is ``(W-1) / scale[0]``.
     ``inverse=True`` gives the crop -> source matrix.
+
+    Raises:
+        ValueError: ``scale[0]`` is not a positive number, or ``inverse`` with a crop narrower
+            than ``MIN_IMAGE_SIDE``: the three points would be collinear (a singular affine).
     """
     out_h, out_w = output_size_hw
     src_w = float(np.asarray(scale, np.float64).reshape(-1)[0])
+    if not (np.isfinite(src_w) and src_w > 0) or (inverse and out_w < MIN_IMAGE_SIDE):
+        raise ValueError(
+            f"no crop affine for a box {src_w:g} px wide and a {out_w}x{out_h} crop: the box "
+            f"must be wider than 0 px (and the crop, to invert it, at least {MIN_IMAGE_SIDE})"
+        )
     rad = np.deg2rad(rotation)
     src_center = np.asarray(center, np.float64).reshape(2)
     dst_center = np.array([(out_w - 1) * 0.5, (out_h - 1) * 0.5])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from datasets.labels import IGNORE_INDEX, LabelSet
-from datasets.lip import LIPDataset, collate_samples
+from datasets.lip import LIPDataset, check_samples, collate_samples, data_error_line
 from datasets.transforms import logits_to_original
 from networks.parser import IMAGENET_RGB, SCHP_BGR
 
@@ -316,3 +316,28 @@ def test_collate_samples_stacks_tensors_and_keeps_meta_dicts(lip_sample_root, im
     assert all(m is s["meta"] for m, s in zip(batch["meta"], samples, strict=True))
     if image_dtype == torch.uint8:  # stacked in the crops' HWC memory order: no transposing copy
         assert batch["image"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_1x1_photo_is_refused_naming_the_file(tmp_path):
+    root = make_dataset(tmp_path, ["a", "dot"])
+    Image.new("RGB", (1, 1)).save(root / "val_images" / "dot.jpg")
+    Image.new("L", (1, 1)).save(root / "val_segmentations" / "dot.png")
+    dataset = LIPDataset(root, "val", CROP)
+    dataset[0]
+    with pytest.raises(ValueError, match="image is 1x1 px") as err:
+        dataset[1]
+    assert str(root / "val_images" / "dot.jpg") in str(err.value)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_check_samples_meets_every_bad_sample_before_training(tmp_path, workers):
+    root = make_dataset(tmp_path, ["a", "b", "c"])
+    dataset = LIPDataset(root, "val", CROP)
+    check_samples(dataset, workers)  # all good: silent
+    Image.new("RGB", (7, 8)).save(root / "val_images" / "c.jpg")
+    with pytest.raises(ValueError) as err:
+        check_samples(dataset, workers)
+    assert "c.jpg: image is 7x8 but its label" in data_error_line(err.value)
+    with pytest.raises(ValueError):
+        check_samples(dataset, workers, shard=(0, 2))  # a and c: the first of two processes
+    check_samples(dataset, workers, shard=(1, 2))  # b only

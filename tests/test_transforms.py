@@ -275,3 +275,20 @@ def test_logits_to_original_batches_per_image_centres():
         torch.testing.assert_close(both[i : i + 1], one)
     with pytest.raises(ValueError, match="centres"):
         logits_to_original(logits, np.zeros((3, 2)), scales, (41, 21))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 40), (40, 1), (0, 0)])
+def test_degenerate_photo_sizes_raise_a_value_error_naming_the_size(size):
+    width, height = size
+    with pytest.raises(ValueError, match=f"image is {width}x{height} px"):
+        box_to_center_scale(width, height, 0.75)
+    assert box_to_center_scale(2, 2, 0.75)[1][0] > 0  # the smallest photo that crops
+
+
+def test_a_singular_crop_affine_is_a_value_error_not_a_linalg_error():
+    for scale in ([0.0, 0.0], [float("nan"), 1.0]):
+        with pytest.raises(ValueError, match="no crop affine"):
+            get_affine_transform([0.0, 0.0], scale, 0.0, (64, 48))
+    with pytest.raises(ValueError, match="no crop affine"):
+        get_affine_transform([5.0, 5.0], [10.0, 10.0], 0.0, (1, 1), inverse=True)
+    get_affine_transform([5.0, 5.0], [10.0, 10.0], 0.0, (1, 1))  # into one pixel: fine
