@@ -23,6 +23,7 @@ are converted on load.
 
 import logging
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -47,6 +48,10 @@ SCHP_DOWNLOADS = {  # name: (file name, Google Drive id), from the SCHP README
     "pascal": ("exp-schp-201908270938-pascal-person-part.pth", "1E5YwNKW2VOEayK9mWCS3Kpsxf-3z04ZE"),
 }
 PRETRAINED_FORMATS = ("nvlabs", "hf", "nvlabs_segformer", "resnet_imagenet")
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
+# torch's legacy (non-zip) files start with this number, pickled (torch/serialization.py)
+LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+HEADER_BYTES = 64
 
 
 class WeightsError(ValueError):
@@ -82,18 +87,70 @@ def _read(path: str | Path) -> object:
         except Exception:  # safetensors has its own error types for damaged files
             raise WeightsError(f"{path}: not a readable safetensors file; re-download it") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return safe_torch_load(path)
     except Exception as exc:  # damage shows as RuntimeError, EOFError, UnpicklingError, ...
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        error = exc
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
     if refused:
         raise WeightsError(
             f"{path}: holds a Python object ({refused[1]}) that safe loading refuses; re-save it "
             "with plain types only, e.g. torch.save({'state_dict': model.state_dict()}, path)"
         )
+    if legacy := legacy_format_line(path, error):
+        raise WeightsError(legacy)
     raise WeightsError(
         f"{path}: not a PyTorch checkpoint (truncated or corrupt); re-download it or point "
         "--model-restore at a .pth/.pth.tar file"
     )
+
+
+def safe_torch_load(path: str | Path) -> object:
+    """`torch.load(weights_only=True)` on the CPU, without torch's warning about the pickle
+    protocol of legacy files (their error is reported in one line instead)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def legacy_format_line(path: str | Path, error: Exception) -> str | None:
+    """The error line for a legacy-format torch file that safe loading could not read, else None.
+
+    torch < 1.6 wrote a sequence of pickles instead of a zip archive; `torch.load(weights_only=
+    True)` reads such files only when they were pickled with protocol 2 or 3 (the default), and
+    reports "Unsupported operand" for the others.
+    """
+    with Path(path).open("rb") as f:
+        header = f.read(HEADER_BYTES)
+    legacy = not header.startswith(ZIP_MAGIC) and LEGACY_MAGIC in header
+    if not legacy or "Unsupported operand" not in str(error):
+        return None
+    return (
+        f"{path}: a legacy-format PyTorch file (not a zip archive: written by torch < 1.6 or "
+        "with _use_new_zipfile_serialization=False, pickle protocol > 3) that safe loading "
+        "cannot read; if you trust it, re-save it with a current torch: "
+        "torch.save(torch.load(f, weights_only=False), f2), and use f2"
+    )
+
+
+def check_finite(state_dict: Mapping[str, Tensor], name: str) -> None:
+    """Refuse weights holding NaN or Inf (a diverged run): they would predict background only.
+
+    Raises:
+        WeightsError: naming the first non-finite tensor, its count of such values and how many
+            tensors have them.
+    """
+    bad = [
+        (key, int((~torch.isfinite(t)).sum()), t.numel())
+        for key, t in state_dict.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        key, count, numel = bad[0]
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise WeightsError(
+            f"{name}: {key} has {count} of {numel} values NaN or Inf{more}; the weights are "
+            "broken (a diverged run?): use an earlier checkpoint or re-download them"
+        )
 
 
 def _state_dict_of(obj: object, name: str) -> dict[str, Tensor]:
@@ -270,6 +327,7 @@ def _load(
             f"{name}: checkpoint is for {obj['arch']}, not {arch}; pass --arch {obj['arch']}"
         )
     sd, dropped, covers = convert(model, _state_dict_of(obj, name))
+    check_finite(sd, name)
     own = {
         k: v for k, v in model.state_dict().items() if covers is None or k.split(".")[0] in covers
     }

@@ -109,6 +109,9 @@ def _row_lovasz_grad(errors: np.ndarray, fg: np.ndarray, out: np.ndarray) -> Non
     of random weights only the foreground.
     """
     threshold = np.min(errors, where=fg, initial=np.inf)
+    if np.isnan(threshold):  # NaN probabilities (a diverged model): a NaN loss, never a crash
+        out.fill(np.nan)
+        return
     keep = errors >= threshold
     share = np.count_nonzero(keep) / keep.size
     kept = None if share > _SUBSET_MAX_FRACTION else np.flatnonzero(keep)
