@@ -35,8 +35,9 @@ from datasets.lip import LIPDataset, data_error_line
 from networks import build_model
 from networks.weights import WeightsError, load_weights
 from utils.checkpoint import read_checkpoint
-from utils.cli import apply_gpu_flag, common_parser, float_list, resolve_labels
+from utils.cli import apply_gpu_flag, check_output_dir, common_parser, float_list, resolve_labels
 from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
+from utils.fileio import atomic_write
 from utils.inference import labels_to_original, predict_logits
 from utils.logger import setup_logging
 from utils.metrics import ConfusionMatrix, format_markdown, save_confusion_png
@@ -114,6 +115,14 @@ def build_eval_dataset(data_dir, split, input_size, input_spec, label_set, lut):
     )
 
 
+def save_palette_png(labels: np.ndarray, palette: list[int], path: Path) -> None:
+    """(H, W) uint8 labels as a palette PNG, atomically; ids with sub-folders (a/b/0001) get
+    their folders."""
+    image = Image.fromarray(labels, mode="P")
+    image.putpalette(palette)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
 def evaluate(
     model,
     dataset,
@@ -157,9 +166,7 @@ def evaluate(
             )  # (H, W) uint8 at the photo's size
             confusion.update(pred, gt)
             if save_dir is not None:
-                image = Image.fromarray(pred, mode="P")
-                image.putpalette(palette)
-                image.save(save_dir / f"{meta['name']}.png")
+                save_palette_png(pred, palette, save_dir / f"{meta['name']}.png")
     if info.distributed:
         matrix = torch.as_tensor(confusion.matrix, device=info.device)
         confusion.matrix = all_reduce_sum(matrix, info).cpu().numpy()
@@ -212,6 +219,7 @@ def load_model_for_eval(args):
 
 
 def main(args: argparse.Namespace) -> None:
+    check_output_dir(args.log_dir)
     apply_gpu_flag(args.gpu)
     info = init_distributed(args.device)
     setup_logging(info.is_main)

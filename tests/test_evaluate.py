@@ -15,6 +15,7 @@ from torch import nn
 
 import evaluate
 from datasets.labels import load_label_config
+from datasets.synthetic import make_lip_dataset
 from datasets.transforms import logits_to_original
 from networks import ParsingOutput, build_model
 from networks.weights import load_weights
@@ -235,3 +236,55 @@ def test_original_schp_checkpoint_evaluates_end_to_end_with_flip_and_scales(
     )
     saved = np.asarray(Image.open(log_dir / "sp_results" / f"{meta['name']}.png"))
     assert (saved == argmax_labels(full[0])).mean() > 0.999  # BLAS order may flip a near-tie
+
+
+@pytest.fixture
+def nested_ids(tmp_path) -> Path:
+    """Synthetic LIP dolls whose val ids hold sub-folders (a/b/doll_val_00000, ...)."""
+    root = make_lip_dataset(tmp_path / "nested", 0, 2, (96, 64), seed=0)
+    ids = []
+    for name in (root / "val_id.txt").read_text().split():
+        nested = f"a/b{len(ids)}/{name}"
+        for folder, suffix in (("val_images", ".jpg"), ("val_segmentations", ".png")):
+            (root / folder / nested).parent.mkdir(parents=True)
+            (root / folder / f"{name}{suffix}").rename(root / folder / f"{nested}{suffix}")
+        ids.append(nested)
+    (root / "val_id.txt").write_text("".join(f"{n}\n" for n in ids))
+    return root
+
+
+def test_save_results_creates_the_sub_folders_of_nested_ids(nested_ids, tmp_path):
+    label_set = load_label_config(LIP_MAP).target
+    weights = ckpt.save_checkpoint(
+        ckpt.model_record(build_model("segformer_mit_b0", 9), label_set, (64, 48)),
+        tmp_path / "b0.pth.tar",
+    )
+    log_dir = tmp_path / "log"
+    args = evaluate.get_args_parser().parse_args(
+        ["--model-restore", str(weights), "--data-dir", str(nested_ids), "--do-lip-mapping"]
+        + ["--log-dir", str(log_dir), "--save-results", "--workers", "0", "--device", "cpu"]
+    )
+    evaluate.main(args)
+    for name in (nested_ids / "val_id.txt").read_text().split():
+        saved = Image.open(log_dir / "sp_results" / f"{name}.png")
+        assert saved.mode == "P"
+        assert saved.size == Image.open(nested_ids / "val_images" / f"{name}.jpg").size
+    assert not list(log_dir.rglob(".*"))  # no temporary left
+
+
+def test_log_dir_that_cannot_be_a_folder_is_refused_before_any_work(tmp_path):
+    not_a_folder = tmp_path / "results.txt"
+    not_a_folder.write_text("x")
+    for log_dir, where in ((not_a_folder, "is a file"), (not_a_folder / "sub", "is inside")):
+        args = evaluate.get_args_parser().parse_args(
+            ["--model-restore", str(tmp_path / "never_read.pth"), "--log-dir", str(log_dir)]
+        )
+        with pytest.raises(SystemExit, match=f"--log-dir {log_dir}: {where}"):
+            evaluate.main(args)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--batch-size", "0"), ("--workers", "-1")])
+def test_batch_size_and_workers_out_of_range_name_the_flag(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.get_args_parser().parse_args([flag, value])
+    assert f"argument {flag}" in capsys.readouterr().err

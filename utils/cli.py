@@ -7,7 +7,9 @@ each with one canonical `dest`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from pathlib import Path
 
 AMP_CHOICES = ("off", "bf16", "fp16")
 
@@ -34,6 +36,56 @@ def float_list(text: str) -> tuple[float, ...]:
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
     return values
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (batch sizes, counts)."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (worker processes: 0 = the main process)."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (learning rates): NaN and Inf are refused."""
+    value = _number(text, float)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
+    return value
+
+
+def _number(text: str, kind: type) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--log-dir") -> None:
+    """Refuse an output folder that cannot be written, in one line, before a script does any work.
+
+    An existing `path` must be a writable folder; a missing one must be creatable (its nearest
+    existing parent a writable folder). Nothing is created.
+    """
+    path = Path(path)
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"is inside the file {existing}"
+        raise SystemExit(f"{flag} {path}: {where}, not a folder; pass a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" (its parent {existing})"
+        raise SystemExit(
+            f"{flag} {path}: not writable{where}; pass a folder you can write to or fix its "
+            "permissions"
+        )
 
 
 def optional_path(text: str) -> str | None:
@@ -91,13 +143,13 @@ def common_parser(arch_default: str | None, batch_size_default: int) -> argparse
         "--batch-size",
         "--batch_size",
         dest="batch_size",
-        type=int,
+        type=positive_int,
         default=batch_size_default,
         help="Images per batch and per process.",
     )
     data.add_argument(
         "--workers",
-        type=int,
+        type=non_negative_int,
         default=min(4, os.cpu_count() or 1),
         help="DataLoader worker processes (0 = load in the main process).",
     )
@@ -175,8 +227,6 @@ def resolve_labels(args: argparse.Namespace, label_set=None):
     `<data-dir>/label_set.yaml` (written by preprocess_deepfashion), --lip-map-cfg. With
     --do-mapping the raw labels are mapped into the YAML's target set (LIP 20 -> merged 9).
     """
-    from pathlib import Path
-
     from datasets.labels import load_label_config
 
     path = args.label_set

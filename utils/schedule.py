@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 ETA_MIN_DIVISOR = 100.0  # eta_min = base_lr / 100
 CYCLE_PEAK_FACTOR = 0.5  # each SCHP cycle restarts at base_lr / 2
+DEFAULT_SCHP_CYCLES = 5  # the seed: 150 epochs, cycles of 10 from epoch 100 (five refined cycles)
 
 
 def _cosine(progress: float, high: float, low: float) -> float:
@@ -56,6 +57,17 @@ def sgdr_lr(
         return _cosine((epoch - warmup_epochs) / (schp_start - warmup_epochs), base_lr, eta_min)
     cycle_peak = base_lr * CYCLE_PEAK_FACTOR
     return _cosine(((epoch - schp_start) % cycle_epochs) / cycle_epochs, cycle_peak, eta_min)
+
+
+def default_schp_start(total_epochs: int, cycle_epochs: int, warmup_epochs: int) -> int:
+    """The SCHP start when --schp-start is not given: the last DEFAULT_SCHP_CYCLES cycles.
+
+    `total_epochs - k * cycle_epochs` with k = DEFAULT_SCHP_CYCLES (the seed's 150, 10 -> 100),
+    or the most whole cycles that fit after the warmup when fewer do (0: `total_epochs`, only the
+    final aggregation and no refined cycle).
+    """
+    fit = max(total_epochs - warmup_epochs, 0) // cycle_epochs
+    return total_epochs - min(DEFAULT_SCHP_CYCLES, fit) * cycle_epochs
 
 
 def apply_lr(optimizer: Optimizer, lr: float) -> None:
