@@ -24,7 +24,9 @@ The plain SegFormer ablation (issue 8, `recipes/ccp.sh`): no edge/fusion heads, 
     python train.py --arch segformer_mit_b0 ... --heads plain --loss ce --no-schp
 
 Writes to --log-dir: args.json, train.log, log.jsonl (every step), loss_per_epoch.txt, curves.png,
-checkpoint.pth.tar (latest), checkpoint_{epoch}, schp_{cycle}_checkpoint.pth.tar, best.pth.tar.
+checkpoint.pth.tar (latest), checkpoint_{epoch}, schp_{cycle}_checkpoint.pth.tar, best.pth.tar;
+nothing before every flag and every sample has been checked. Files are written atomically, and
+checkpoint.pth.tar, the resume point, last at the end of an epoch.
 Dropout is seeded from (seed, epoch, rank) each epoch and augmentation from (seed, epoch, index),
 so --resume needs no RNG state. Top-level modules left without trainable parameters (phase 1's
 backbone, --only_train_module) run in eval mode, so their BatchNorm statistics stay frozen too.
@@ -50,7 +52,7 @@ from tqdm import tqdm
 
 from datasets.images import init_decode_worker
 from datasets.labels import LabelSet
-from datasets.lip import LIPDataset, collate_samples, data_error_line
+from datasets.lip import LIPDataset, check_samples, collate_samples, data_error_line
 from datasets.transforms import (
     FLIP_PROB,
     ROTATION_FACTOR,
@@ -63,13 +65,21 @@ from networks import HEADS, ParsingOutput, build_model
 from networks.parser import InputSpec
 from networks.weights import WeightsError, load_pretrained_backbone, load_weights
 from utils import checkpoint as ckpt
-from utils.cli import apply_gpu_flag, common_parser, optional_path, resolve_labels
+from utils.cli import (
+    apply_gpu_flag,
+    check_output_dir,
+    common_parser,
+    optional_path,
+    positive_float,
+    resolve_labels,
+)
 from utils.criterion import CONSISTENCY_MODES, LOSSES, build_criterion
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from utils.fileio import atomic_write, remove_stale_temp_files
 from utils.inference import AMP_DTYPES, autocast
 from utils.logger import JsonlWriter, plot_curves, setup_logging
 from utils.optim import OPTIMIZERS, build_optimizer, format_param_groups
-from utils.schedule import apply_lr, sgdr_lr
+from utils.schedule import apply_lr, default_schp_start, sgdr_lr
 from utils.schp import bn_re_estimate, is_cycle_end, moving_average
 from utils.sync_bn import convert_sync_batchnorm
 
@@ -93,7 +103,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     opt = parser.add_argument_group("optimisation")
     _flag(opt, "optimizer", default="sgd", choices=OPTIMIZERS, help="Param groups (seed rules).")
-    _flag(opt, "learning-rate", type=float, default=7e-3, help="Base learning rate L.")
+    _flag(opt, "learning-rate", type=positive_float, default=7e-3, help="Base learning rate L.")
     _flag(opt, "momentum", type=float, default=0.9, help="SGD momentum.")
     _flag(opt, "weight-decay", type=float, default=5e-4, help="Weight decay of decayed groups.")
     _flag(opt, "epochs", type=int, default=150, help="Total number of epochs.")
@@ -109,7 +119,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     consistency = "Consistency of soft (differentiable) or hard (argmax) parsing edges."
     _flag(loss, "cons_loss_type", default="soft", choices=CONSISTENCY_MODES, help=consistency)
     schp = parser.add_argument_group("self-correction (SCHP)")
-    _flag(schp, "schp-start", type=int, default=100, help="Epoch where SCHP cycles start.")
+    schp_start = (
+        "Epoch where SCHP cycles start; None: the last 5 cycles (--epochs - 5 x --cycle-epochs, "
+        "the seed's 100 of 150), fewer when 5 do not fit after the warmup."
+    )
+    _flag(schp, "schp-start", type=int, default=None, help=schp_start)
     _flag(schp, "cycle-epochs", type=int, default=10, help="Epochs per SCHP cycle.")
     _flag(schp, "schp-restore", type=optional_path, help="Teacher weights (and its cycle_n).")
     _flag(schp, "reset_schp_cycle", action="store_true", help="Cycle 0 after --schp-restore.")
@@ -136,13 +150,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace, device: torch.device) -> None:
-    """Refuse inconsistent flags before anything is built or written, one line each."""
-    for name in ("epochs", "cycle_epochs", "batch_size", "eval_epochs", "print_freq"):
+    """Refuse inconsistent flags before anything is built or written, one line each; fill in
+    the default --schp-start."""
+    for name in ("epochs", "cycle_epochs", "eval_epochs", "print_freq"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
     for name in ("val_every", "warmup_epochs", "seed"):
         if getattr(args, name) < 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0; got {getattr(args, name)}")
+    if args.schp_start is None:
+        args.schp_start = default_schp_start(args.epochs, args.cycle_epochs, args.warmup_epochs)
     if args.heads == "plain" and args.loss != "ce":
         raise SystemExit(
             "--heads plain has no edge/fusion outputs for the CE2P loss; add --loss ce"
@@ -276,7 +293,9 @@ class Run:
 
 
 def setup(args: argparse.Namespace) -> Run:
-    """Check every input, build model/teacher/optimizer/data, restore; only then write files."""
+    """Check every input (every sample read once), build model/teacher/optimizer/data, restore;
+    only then write files."""
+    check_output_dir(args.log_dir)
     apply_gpu_flag(args.gpu)
     info = init_distributed(args.device)
     setup_logging(info.is_main)
@@ -299,8 +318,11 @@ def setup(args: argparse.Namespace) -> Run:
         loader = build_train_loader(args, label_set, lut, model.input_spec, info)
         spec = (args.input_size, model.input_spec, label_set, lut)
         val_set = build_eval_dataset(args.data_dir, "val", *spec) if args.val_every else None
+        for dataset in (loader.dataset, val_set):  # a bad file ends the run before it writes
+            if dataset is not None:
+                check_samples(dataset, args.workers, (info.rank, info.world_size))
     except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(str(err)) from None
+        raise SystemExit(data_error_line(err)) from None
     if args.val_every and val_set is None:
         logger.warning("%s has no val_id.txt: --val-every is ignored", args.data_dir)
     scaler = torch.amp.GradScaler(info.device.type, enabled=args.amp == "fp16")
@@ -316,7 +338,10 @@ def setup(args: argparse.Namespace) -> Run:
         progress = {k: state[k] for k in ("cycle_n", "best_miou", "history")}
         progress["start_epoch"] = state["epoch"]
 
-    log_dir = Path(args.log_dir)  # every input is valid: from here on files are written
+    barrier(info)  # every rank's samples passed: from here on files are written
+    log_dir = Path(args.log_dir)
+    if info.is_main:
+        remove_stale_temp_files(log_dir)  # of writes killed in an earlier run
     setup_logging(info.is_main, log_dir / "train.log")
     log = JsonlWriter(log_dir / "log.jsonl", enabled=info.is_main)
     log.keep_epochs_before(progress["start_epoch"])  # drops the steps of a killed epoch
@@ -375,10 +400,11 @@ def train_one_epoch(run: Run, epoch: int, lr: float) -> dict[str, float]:
         with autocast(info.device, args.amp):
             output = as_float(run.model(images))
         loss, parts = criterion(output, labels, edges, soft=soft, cycle_n=cycle_n)
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss):  # the one check; the loss terms pass NaN through
+            terms = ", ".join(f"{k} {v.item():.4g}" for k, v in parts.items())
             raise SystemExit(
-                f"loss is {loss.item()} at epoch {epoch} step {step}; lower --learning-rate "
-                "or use --amp off"
+                f"epoch {epoch} step {step}: the loss is {loss.item()} ({terms}); lower "
+                "--learning-rate, try --amp off, or check the --model-restore/--resume weights"
             )
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
@@ -408,26 +434,59 @@ def self_correct(run: Run, epoch: int) -> None:
         logger.info("self-correction cycle %d done (teacher saved)", run.cycle_n)
 
 
-def save_epoch(run: Run, epoch: int, record: dict) -> None:
-    """Rank 0: checkpoint.pth.tar, checkpoint_{N}, best.pth.tar, loss_per_epoch.txt, curves."""
-    args, bare = run.args, ckpt.unwrap_model(run.model)
-    improved = record.get("val_miou", -math.inf) > run.best_miou
-    run.best_miou = max(run.best_miou, record.get("val_miou", -math.inf))
+def write_epoch_logs(log_dir: Path, history: list[dict]) -> None:
+    """loss_per_epoch.txt (the seed's columns) and curves.png of the epoch records, atomically."""
+    rows = [[str(r["epoch"])] + [f"{r[k]:.6f}" for k in LOSS_PARTS] for r in history]
+    text = "".join(", ".join(row) + "\n" for row in rows)
+    atomic_write(log_dir / "loss_per_epoch.txt", lambda tmp: Path(tmp).write_text(text))
+    plot_curves(history, log_dir / "curves.png")
+
+
+def _train_state(run: Run, epoch: int) -> dict:
+    """checkpoint.pth.tar's content after `epoch` (0-based) was trained."""
+    args = run.args
     progress = {"epoch": epoch + 1, "cycle_n": run.cycle_n, "best_miou": run.best_miou}
     progress.update(history=run.history, args=json.loads(json.dumps(vars(args), default=str)))
-    state = ckpt.train_state(
-        bare, run.teacher, run.optimizer, run.scaler, run.label_set, args.input_size, **progress
-    )
-    periodic = (epoch + 1) % args.eval_epochs == 0
-    ckpt.save_epoch_checkpoints(run.log_dir, state, periodic, improved)
-    rows = [[str(r["epoch"])] + [f"{r[k]:.6f}" for k in LOSS_PARTS] for r in run.history]
-    text = "".join(", ".join(row) + "\n" for row in rows)  # the seed's columns
-    (run.log_dir / "loss_per_epoch.txt").write_text(text)
-    plot_curves(run.history, run.log_dir / "curves.png")
+    parts = (run.teacher, run.optimizer, run.scaler, run.label_set, args.input_size)
+    return ckpt.train_state(ckpt.unwrap_model(run.model), *parts, **progress)
+
+
+def save_epoch(run: Run, epoch: int, record: dict) -> None:
+    """Rank 0: checkpoint_{N}, best.pth.tar, loss_per_epoch.txt, curves.png, checkpoint.pth.tar.
+
+    Each file is written atomically and checkpoint.pth.tar, the resume point, last: a run killed
+    before that resumes at the previous epoch and writes this epoch's files again.
+    """
+    improved = record.get("val_miou", -math.inf) > run.best_miou
+    run.best_miou = max(run.best_miou, record.get("val_miou", -math.inf))
+    state = _train_state(run, epoch)
+    periodic = (epoch + 1) % run.args.eval_epochs == 0
+    ckpt.save_weight_checkpoints(run.log_dir, state, periodic, improved)
+    write_epoch_logs(run.log_dir, run.history)
+    ckpt.save_checkpoint(state, run.log_dir / ckpt.LATEST_NAME)
+
+
+def rewrite_missing_epoch_files(run: Run) -> None:
+    """Resume, rank 0: write again what the resumed epoch's save left out (a run killed inside
+    an older `save_epoch`, or removed files): loss_per_epoch.txt and curves.png, and
+    checkpoint_{N} and best.pth.tar where that epoch wrote them."""
+    if not run.history:
+        return
+    log_dir, done = run.log_dir, run.start_epoch
+    if not all((log_dir / name).is_file() for name in ("loss_per_epoch.txt", "curves.png")):
+        write_epoch_logs(log_dir, run.history)
+    periodic = done % run.args.eval_epochs == 0
+    periodic = periodic and not (log_dir / ckpt.periodic_name(done)).is_file()
+    best = run.history[-1].get("val_miou") == run.best_miou  # the resumed epoch was the best
+    best = best and not (log_dir / ckpt.BEST_NAME).is_file()
+    if periodic or best:
+        ckpt.save_weight_checkpoints(log_dir, _train_state(run, done - 1), periodic, best)
 
 
 def main(args: argparse.Namespace) -> None:
     run = setup(args)
+    if args.resume and run.info.is_main:
+        rewrite_missing_epoch_files(run)
     schp_start = args.epochs if args.no_schp else args.schp_start  # no cycle: cosine to the end
     schedule = (args.epochs, args.warmup_epochs, schp_start, args.cycle_epochs)
     for epoch in range(run.start_epoch, args.epochs):

@@ -4,7 +4,10 @@ The end-to-end tests run `python train.py` in subprocesses on tiny synthetic pap
 / 4 val images of about 96x64, crops of 64x48, segformer_mit_b0, batch 2, CPU, one thread each).
 """
 
+import copy
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -359,6 +362,37 @@ def _b1_checkpoint(data) -> Path:
     return path
 
 
+def _broken_copy(data, defect: str) -> Path:
+    """A copy of the LIP dolls whose first training sample has `defect`."""
+    root = data.root / f"broken_{defect}"
+    if root.is_dir():
+        return root
+    shutil.copytree(data.lip, root)
+    name = (root / "train_id.txt").read_text().split()[0]
+    image = root / "train_images" / f"{name}.jpg"
+    label = root / "train_segmentations" / f"{name}.png"
+    if defect == "missing_image":
+        image.unlink()
+    elif defect == "undecodable_jpeg":
+        image.write_bytes(b"not a jpeg at all")
+    elif defect == "label_size":
+        Image.open(label).resize((DOLL_SIZE[1] + 2, DOLL_SIZE[0])).save(label)
+    elif defect == "tiny_photo":
+        Image.new("RGB", (1, 1)).save(image)
+        Image.new("L", (1, 1)).save(label)
+    return root
+
+
+def _nan_checkpoint(data) -> Path:
+    path = data.root / "nan.pth.tar"
+    if not path.is_file():
+        model = build_model("segformer_mit_b0", data.label_set.num_classes)
+        state = ckpt.model_record(model, data.label_set, (64, 48))
+        state["state_dict"]["head.linear_pred.weight"][0, :3] = float("nan")
+        ckpt.save_checkpoint(state, path)
+    return path
+
+
 BAD_INPUTS = {
     "missing --model-restore": (
         lambda d, w: ["--model-restore", str(d.root / "nope.pth")],
@@ -385,6 +419,26 @@ BAD_INPUTS = {
         "not a train.py checkpoint",
     ),
     "--amp fp16 on CPU": (lambda d, w: ["--amp", "fp16"], "--amp fp16 on CPU"),
+    "NaN weights in --model-restore": (
+        lambda d, w: ["--model-restore", str(_nan_checkpoint(d))],
+        "head.linear_pred.weight has 3 of",
+    ),
+    "missing training image": (
+        lambda d, w: ["--data-dir", str(_broken_copy(d, "missing_image"))],
+        ".jpg: image of id",
+    ),
+    "undecodable JPEG": (
+        lambda d, w: ["--data-dir", str(_broken_copy(d, "undecodable_jpeg"))],
+        "cannot be decoded",
+    ),
+    "label of another size": (
+        lambda d, w: ["--data-dir", str(_broken_copy(d, "label_size"))],
+        "they must match",
+    ),
+    "1x1 photo": (
+        lambda d, w: ["--data-dir", str(_broken_copy(d, "tiny_photo"))],
+        ".jpg: image is 1x1 px",
+    ),
 }
 
 
@@ -412,3 +466,136 @@ def test_a_bad_label_met_while_training_ends_with_its_one_line(data, tmp_path):
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert "outside the 9-class set" in last and "_segmentations" in last, last
+
+
+# --- reliability (issue 20) ---------------------------------------------------------------
+
+
+def _one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_label_id_outside_the_set_is_refused_before_anything_is_written(data, tmp_path):
+    log_dir = tmp_path / "log"
+    result = _train(*_common(data.lip, log_dir, "--epochs", "1", "--no-schp"), check=False)
+    _one_error_line(result, "outside the 9-class set")
+    assert not log_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--learning-rate", "nan"), ("--learning-rate", "inf"), ("--learning-rate", "0"),
+     ("--learning-rate", "-1e-3"), ("--workers", "-1"), ("--batch-size", "0")],
+)  # fmt: skip
+def test_bad_numbers_are_refused_at_parsing_naming_the_flag(flag, value, capsys):
+    with pytest.raises(SystemExit):
+        train.get_args_parser().parse_args([flag, value])
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_schp_start_defaults_to_the_last_cycles_of_the_run():
+    parser = train.get_args_parser()
+    seed = parser.parse_args([])
+    train.check_args(seed, torch.device("cpu"))
+    assert seed.schp_start == 100  # the seed's 150 epochs, cycles of 10
+    short = parser.parse_args(["--epochs", "12", "--warmup-epochs", "1", "--cycle-epochs", "2"])
+    train.check_args(short, torch.device("cpu"))
+    assert short.schp_start == 2  # five cycles of 2 after the warmup
+    tiny = parser.parse_args(["--epochs", "5"])  # the 10-epoch warmup leaves no cycle
+    train.check_args(tiny, torch.device("cpu"))
+    assert tiny.schp_start == 5
+    explicit = parser.parse_args(["--epochs", "12", "--schp-start", "13"])
+    with pytest.raises(SystemExit, match="--schp-start 13 is beyond --epochs 12"):
+        train.check_args(explicit, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_log_dir_that_is_a_file_gets_one_line(data, tmp_path):
+    not_a_folder = tmp_path / "log.txt"
+    not_a_folder.write_text("a file\n")
+    for log_dir in (not_a_folder, not_a_folder / "run"):
+        result = _train(*_common(data.lip, log_dir, "--do_mapping", "--epochs", "1"), check=False)
+        _one_error_line(result, f"--log-dir {log_dir}: ")
+    assert not_a_folder.read_text() == "a file\n"
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_ends_with_one_line_naming_the_step_and_terms(data, tmp_path):
+    """A learning rate of 1e30 makes every output NaN after the first step: the Lovász loss
+    used to crash on the NaN probabilities before the loss check could speak."""
+    flags = _common(data.lip, tmp_path / "log", "--do_mapping", "--epochs", "1", "--no-schp")
+    flags[flags.index("1e-3")] = "1e30"
+    result = _train(*flags, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"epoch 0 step \d+: the loss is nan \(seg nan, edge \S+, cons \S+\); .*", last
+    )
+    assert "lower --learning-rate, try --amp off" in last
+
+
+def _stub_run(tmp_path: Path, data) -> SimpleNamespace:
+    model = build_model("segformer_mit_b0", data.label_set.num_classes)
+    args = train.get_args_parser().parse_args(["--input-size", CROP, "--eval-epochs", "1"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    record = {"type": "epoch", "epoch": 0, "total": 1.0, "seg": 0.5, "edge": 0.3, "cons": 0.2}
+    return SimpleNamespace(
+        args=args, model=model, teacher=copy.deepcopy(model), optimizer=optimizer,
+        scaler=scaler, label_set=data.label_set, cycle_n=0, best_miou=-math.inf,
+        history=[{**record, "val_miou": 10.0}], log_dir=tmp_path, start_epoch=1,
+    )  # fmt: skip
+
+
+def test_end_of_epoch_writes_the_resume_point_last(data, tmp_path, monkeypatch):
+    run = _stub_run(tmp_path, data)
+    written = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        written.append(Path(dst).name)
+        if Path(dst).name == ckpt.LATEST_NAME:
+            raise KeyboardInterrupt  # killed before the resume point moves on
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_epoch(run, 0, run.history[-1])
+    everything_else = [ckpt.periodic_name(1), ckpt.BEST_NAME, "loss_per_epoch.txt", "curves.png"]
+    assert written == [*everything_else, ckpt.LATEST_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(everything_else)  # no temp
+
+
+def test_resume_rewrites_the_files_a_killed_save_left_out(data, tmp_path):
+    run = _stub_run(tmp_path, data)
+    run.best_miou = 10.0  # the resumed epoch 0 was the best
+    train.rewrite_missing_epoch_files(run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [ckpt.periodic_name(1), ckpt.BEST_NAME, "loss_per_epoch.txt", "curves.png"]
+    )
+    assert (
+        tmp_path / "loss_per_epoch.txt"
+    ).read_text() == "0, 1.000000, 0.500000, 0.300000, 0.200000\n"
+    assert _load(tmp_path / ckpt.BEST_NAME)["epoch"] == 1
+    kept = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    train.rewrite_missing_epoch_files(run)  # nothing missing: nothing rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == kept
+
+
+@pytest.mark.slow
+def test_resume_with_nothing_left_to_train_rewrites_missing_logs(data, tmp_path):
+    log_dir = tmp_path / "log"
+    flags = _common(data.lip, log_dir, "--do_mapping", "--epochs", "1", "--no-schp")
+    _train(*flags, "--eval-epochs", "1")
+    want = {name: (log_dir / name).read_bytes() for name in ("loss_per_epoch.txt", "curves.png")}
+    for name in [*want, ckpt.periodic_name(1)]:
+        (log_dir / name).unlink()
+    (log_dir / ".curves.png.abcd1234.tmp").mkdir()  # a write killed by SIGKILL
+    _train(*flags, "--eval-epochs", "1", "--resume", str(log_dir / ckpt.LATEST_NAME))
+    assert {name: (log_dir / name).read_bytes() for name in want} == want
+    assert (log_dir / ckpt.periodic_name(1)).is_file()
+    assert not list(log_dir.glob(".*.tmp"))

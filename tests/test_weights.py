@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from networks import build_model
 from networks import hf_names as H
 from networks import weights as W
+from utils import checkpoint as ckpt
 
 ABN_PREFIXES = ("edge.conv1.1.", "edge.conv2.1.", "edge.conv3.1.", "fusion.1.")
 CORRUPT = "not a PyTorch checkpoint (truncated or corrupt); re-download it or point --model-restore"
@@ -390,3 +391,35 @@ def test_download_offline_fails_with_a_manual_recipe(tmp_path, monkeypatch):
     assert W.download_schp_weights("atr", tmp_path) == existing  # no network needed
     with pytest.raises(W.WeightsError, match="unknown SCHP checkpoint 'cihp'"):
         W.download_schp_weights("cihp", tmp_path)
+
+
+def test_non_finite_weights_are_refused_naming_the_first_tensor_and_its_count(tmp_path):
+    state = _b0(9).state_dict()
+    state["head.linear_pred.weight"][0, :2] = float("nan")
+    state["fusion.3.weight"][1] = float("inf")
+    path = tmp_path / "diverged.pth"
+    torch.save({"arch": "segformer_mit_b0", "num_classes": 9, "state_dict": state}, path)
+    for load in (W.load_weights, W.load_seed_checkpoint):
+        with pytest.raises(W.WeightsError) as err:
+            load(_b0(9), path)
+        message = str(err.value)
+        assert message.startswith(f"{path}: ") and len(message.splitlines()) == 1
+        first = next(k for k in state if k in ("fusion.3.weight", "head.linear_pred.weight"))
+        count = {"fusion.3.weight": 256, "head.linear_pred.weight": 2}[first]
+        assert f"{first} has {count} of " in message and "(and 1 more tensors)" in message
+
+
+def test_legacy_format_file_safe_loading_cannot_read_is_named_with_the_fix(tmp_path):
+    weights = {"state_dict": _b0(9).state_dict()}
+    readable = tmp_path / "legacy_protocol2.pth"
+    torch.save(weights, readable, _use_new_zipfile_serialization=False)
+    assert W.read_state_dict(readable).keys() == weights["state_dict"].keys()
+    legacy = tmp_path / "legacy_protocol4.pth"
+    torch.save(weights, legacy, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    with pytest.raises(W.WeightsError) as err:
+        W.read_state_dict(legacy)
+    message = str(err.value)
+    assert message.startswith(f"{legacy}: a legacy-format PyTorch file") and CORRUPT not in message
+    assert "torch.save(torch.load(f, weights_only=False), f2)" in message
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        ckpt.read_checkpoint(legacy)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from networks.weights import check_finite, legacy_format_line, safe_torch_load
 from utils.fileio import atomic_write
 
 LATEST_NAME = "checkpoint.pth.tar"
@@ -82,10 +83,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise SystemExit(f"{path}: file not found; check the path")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path)
     except Exception as err:  # truncated, random bytes, foreign pickles: all user errors here
         raise SystemExit(
-            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}); "
+            legacy_format_line(path, err)
+            or f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}); "
             "point at a .pth/.pth.tar file written by train.py"
         ) from None
     if not isinstance(state, dict):
@@ -125,8 +127,8 @@ def load_train_state(
     """Restore a `train_state` checkpoint in place; returns it (epoch, cycle_n, history, ...).
 
     Raises:
-        ValueError: the file is not a train.py checkpoint.pth.tar or does not fit the model or
-            optimizer (another arch, class count or --optimizer).
+        ValueError: the file is not a train.py checkpoint.pth.tar, holds NaN or Inf weights or
+            does not fit the model or optimizer (another arch, class count or --optimizer).
     """
     state = read_checkpoint(path)
     if "optimizer" not in state or "teacher_state_dict" not in state:
@@ -134,6 +136,8 @@ def load_train_state(
             f"{path}: not a train.py checkpoint.pth.tar (no optimizer/teacher state); resume "
             "from <log-dir>/checkpoint.pth.tar, or load weights with --model-restore"
         )
+    for key in ("state_dict", "teacher_state_dict"):
+        check_finite(state[key], f"{path} ({key})")
     bare = unwrap_model(model)
     if (state.get("arch"), state.get("num_classes")) != (bare.arch, bare.num_classes):
         raise ValueError(
@@ -153,16 +157,19 @@ def load_train_state(
     return state
 
 
-def save_epoch_checkpoints(
+def weights_of(state: dict) -> dict:
+    """The weights-only record of a `train_state` (checkpoint_{epoch}, best.pth.tar)."""
+    weights = {k: state[k] for k in ("arch", "num_classes", "label_set", "input", "state_dict")}
+    return weights | {"epoch": state["epoch"], "best_miou": state["best_miou"]}
+
+
+def save_weight_checkpoints(
     log_dir: str | os.PathLike, state: dict, periodic: bool, best: bool
 ) -> None:
-    """checkpoint.pth.tar (the whole `train_state`), and the weights alone as
-    checkpoint_{epoch}.pth.tar when `periodic` and best.pth.tar when `best`."""
+    """The weights of a `train_state` as checkpoint_{epoch}.pth.tar when `periodic` and as
+    best.pth.tar when `best`. train.py writes checkpoint.pth.tar, the resume point, after them."""
     log_dir = Path(log_dir)
-    save_checkpoint(state, log_dir / LATEST_NAME)
-    weights = {k: state[k] for k in ("arch", "num_classes", "label_set", "input", "state_dict")}
-    weights.update(epoch=state["epoch"], best_miou=state["best_miou"])
     if periodic:
-        save_checkpoint(weights, log_dir / periodic_name(state["epoch"]))
+        save_checkpoint(weights_of(state), log_dir / periodic_name(state["epoch"]))
     if best:
-        save_checkpoint(weights, log_dir / BEST_NAME)
+        save_checkpoint(weights_of(state), log_dir / BEST_NAME)
