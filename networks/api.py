@@ -156,8 +156,25 @@ class HumanParser:
             self.to_labels(logits, meta) for logits, meta in zip(crop_logits, metas, strict=True)
         ]
 
-    def masks(self, image, kind: str = "upper") -> np.ndarray:
-        """(H, W) uint8 try-on mask (0/255) of `kind` (upper, lower, overall, inner, outer)."""
-        from utils.masks import build_mask
+    def masks(
+        self,
+        image,
+        kind: str = "upper",
+        dilate: int = 0,
+        hull: str | None = None,
+        feather: int = 0,
+        protect: Sequence[str] = (),
+    ) -> np.ndarray:
+        """(H, W) uint8 try-on mask of `kind` (upper, lower, overall, inner, outer): 0/255, with
+        soft edge values only with `feather`.
 
-        return build_mask(self.parse(image), self.label_set, kind)
+        Args:
+            dilate: grow the mask by this many px; hull: "convex", "box" or "none" instead of
+                the rules' mode; feather: soft edge width in px; protect: class names never
+                painted (on top of the rules' face/hands/feet). Defaults follow
+                mappings/tryon_masks.yaml, as extract.py's --dilate/--hull/--feather/--protect.
+        """
+        from utils.masks import MaskControls, build_mask
+
+        controls = MaskControls(dilate=dilate, hull=hull, feather=feather, protect=tuple(protect))
+        return build_mask(self.parse(image), self.label_set, kind, controls=controls)

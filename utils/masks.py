@@ -28,6 +28,12 @@ of DensePose:
   8. `protect_strong` pixels are removed (AutoMasker removes them before step 7; here after it,
      so face, hands and feet are never painted).
 Steps 5 and 7 may bleed at most `MaskParams.margin_px(h, w)` pixels into weakly protected classes.
+
+`MaskControls` (extract.py `--dilate/--hull/--feather/--protect`, `HumanParser.masks(...)`) adjust a
+mask per run without editing the YAML: `hull` replaces the rules' hull mode; `dilate` grows the
+finished mask by a disc of that radius; `protect` adds classes that are never painted (removed
+last, with `protect_strong`); `feather` gives the mask a soft 8-bit edge that falls from 255 to 0
+over that many pixels outside it (the hard mask stays 255 inside).
 """
 
 from __future__ import annotations
@@ -82,6 +88,41 @@ class MaskParams:
 def _odd(size: int) -> int:
     size = max(1, size)
     return size if size % 2 else size + 1
+
+
+@dataclass(frozen=True)
+class MaskControls:
+    """Per-run adjustments on top of the rules (all off by default).
+
+    Args:
+        dilate: grow the finished mask by this many pixels (a disc), before protection.
+        hull: replaces the rules' hull mode (one of HULL_MODES); None keeps it.
+        feather: soft edge width in pixels (values 1..254 only within it, outside the hard mask).
+        protect: class names never painted, on top of the rules' `protect_strong`.
+    """
+
+    dilate: int = 0
+    hull: str | None = None
+    feather: int = 0
+    protect: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("dilate", "feather"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(
+                    f"mask {name}: must be a whole number of pixels >= 0, got {value!r}"
+                )
+        if self.hull is not None and self.hull not in HULL_MODES:
+            raise ValueError(
+                f"mask hull: must be one of {', '.join(HULL_MODES)}, got {self.hull!r}"
+            )
+        object.__setattr__(self, "protect", tuple(self.protect))
+
+    def protect_ids(self, label_set: LabelSet) -> tuple[int, ...]:
+        """Class ids of `protect` (names matched as in the rules); ValueError names a bad one."""
+        index = _name_index(label_set)
+        return tuple(sorted(_resolve_names(list(self.protect), "--protect", label_set, index)))
 
 
 @dataclass(frozen=True)
@@ -325,14 +366,17 @@ def build_mask(
     label_set: LabelSet,
     kind: str,
     rules: MaskRules | Mapping | None = None,
+    controls: MaskControls | None = None,
 ) -> np.ndarray:
-    """Try-on mask of `kind` for an (H, W) integer label map: (H, W) uint8, 0 or 255.
+    """Try-on mask of `kind` for an (H, W) integer label map: (H, W) uint8, 0 or 255 (soft edge
+    values in between only with `controls.feather`).
 
     Args:
         label_map: class ids of `label_set` (IGNORE_INDEX counts as background).
         kind: one of `available_kinds(label_set)`.
         rules: resolved MaskRules, a raw rules mapping (class names), or None for
             `get_mask_rules(label_set)`.
+        controls: per-run dilation, hull, feather and extra protected classes.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown mask kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -355,8 +399,33 @@ def build_mask(
             f"(max {int(labels.max())}) for label set '{label_set.name}'; "
             "parse with the matching label set"
         )
-    flags = resolved.kinds[kind].lut[labels.astype(np.intp)]
-    return _morphology(flags, resolved.params)
+    controls = controls or MaskControls()
+    lut = resolved.kinds[kind].lut
+    if controls.protect:
+        lut = lut.copy()
+        lut[list(controls.protect_ids(label_set))] |= STRONG
+    params = (
+        resolved.params if controls.hull is None else replace(resolved.params, hull=controls.hull)
+    )
+    flags = lut[labels.astype(np.intp)]
+    mask = _morphology(flags, params, controls.dilate)
+    if controls.feather:
+        mask = feather_edge(mask, controls.feather)
+        mask[(flags & STRONG) > 0] = 0
+    return mask
+
+
+def feather_edge(mask: np.ndarray, width: int) -> np.ndarray:
+    """A 0/255 mask with a linear soft edge: 255 inside; at distance 0 < d <= width px outside
+    it, 255 * (1 - d / (width + 1)) kept within 1..254; 0 beyond."""
+    if width <= 0 or not mask.any():
+        return mask
+    outside = cv2.distanceTransform(
+        (mask == 0).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
+    )
+    ramp = np.clip(np.rint(MASK_ON * (1.0 - outside / (width + 1))), 1, MASK_ON - 1)
+    soft = np.where(outside <= width, ramp, 0)
+    return np.where(mask > 0, MASK_ON, soft).astype(np.uint8)
 
 
 def _dilate(mask: np.ndarray, size: int, iterations: int) -> np.ndarray:
@@ -389,7 +458,14 @@ def _hull(candidate: np.ndarray, mode: str) -> np.ndarray:
     return result
 
 
-def _morphology(flags: np.ndarray, params: MaskParams) -> np.ndarray:
+def _dilate_disc(mask: np.ndarray, radius: int) -> np.ndarray:
+    if radius <= 0:
+        return mask
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask, disc)
+
+
+def _morphology(flags: np.ndarray, params: MaskParams, dilate: int = 0) -> np.ndarray:
     small, blur = params.kernel_sizes(*flags.shape)
 
     def on(flag: int) -> np.ndarray:
@@ -406,5 +482,6 @@ def _morphology(flags: np.ndarray, params: MaskParams) -> np.ndarray:
         mask = mask.astype(np.uint8)
     mask[on(PAINT)] = MASK_ON
     mask = _dilate(mask, small, params.final_dilate_iterations)
+    mask = _dilate_disc(mask, dilate)
     mask[on(STRONG)] = 0
     return mask
