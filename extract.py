@@ -4,13 +4,17 @@
         --masks upper,lower,overall --overlay
     python -m extract --model-restore best.pth.tar --input clip.mp4 --output out/ --every 5
     python -m extract ... --shard 0/4     # this machine's quarter of a large folder
+    python -m extract ... --format viton-hd --report     # the files VITON-HD reads, report.html
+    python -m extract ... --input clip.mp4 --smooth 0.5  # temporally smoothed video parsing
 
 Writes <output>/parsing/<name>.png (palette PNG of class ids at the photo's size),
 <output>/masks/<kind>/<name>.png (0/255), <output>/overlay/<name>.jpg, <output>/logits/<name>.npy
 (float16 C x H x W, with --save-logits) and <output>/failed.txt (failed_<i>of<n>.txt with --shard)
-listing unreadable inputs. <name> is the photo's path below the input folder without its suffix
-(video frames: <video>/frame_<index>). Finished photos are skipped on a rerun; every file is
-written atomically.
+listing unreadable inputs, and manifest.jsonl (one quality line per photo; utils/quality.py).
+`--format viton-hd|dresscode|catvton` writes the files of that try-on model's dataset instead of
+parsing/ (layouts in mappings/tryon_formats.yaml, writer in utils/outputs.py). <name> is the
+photo's path below the input folder without its suffix (video frames: <video>/frame_<index>).
+Finished photos are skipped on a rerun; every file is written atomically.
 
 Pipeline: DataLoader workers decode and warp the photos; the main thread only runs the model;
 writer threads map each crop's stride-4 logits back onto the photo, take the argmax and encode
@@ -28,9 +32,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import cv2
-import numpy as np
-import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -45,15 +46,24 @@ from datasets.images import (
     output_names,
 )
 from networks.api import HumanParser
-from utils.cli import AMP_CHOICES, float_list, hw_pair
-from utils.fileio import atomic_write
-from utils.inference import argmax_labels, autocast
+from utils.cli import (
+    AMP_CHOICES,
+    check_output_dir,
+    float_list,
+    hw_pair,
+    non_negative_int,
+    positive_int,
+)
+from utils.fileio import remove_stale_temp_files
+from utils.inference import autocast
 from utils.logger import setup_logging
-from utils.masks import KINDS, build_mask, get_mask_rules
+from utils.masks import HULL_MODES, KINDS
+from utils.outputs import Writer
+from utils.temporal import VideoSmoothing, smooth_alpha
+from utils.tryon_formats import CATEGORIES, DEFAULT_FORMAT, SPLITS, format_names
 
 logger = logging.getLogger("extract")
-OVERLAY_ALPHA = 0.5
-PNG_COMPRESS_LEVEL = 1  # zlib level of label PNGs: label maps stay small, encoding stays cheap
+STALE_TEMP_AGE_S = 3600  # with --shard, other shards may be writing: only older temporaries go
 WRITER_THREADS = 2
 MAX_DEFAULT_WORKERS = 4
 PENDING_BATCHES = 2  # batches handed to the writers before the main thread waits for them
@@ -99,14 +109,68 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default="",
         help=f"Comma-separated try-on mask kinds ({', '.join(KINDS)}); empty = none.",
     )
+    io.add_argument(
+        "--format",
+        default=DEFAULT_FORMAT,
+        choices=format_names(),
+        help="Output layout: default (parsing/, masks/), or the files a try-on model's dataset "
+        "code reads (mappings/tryon_formats.yaml says which and cites the sources).",
+    )
+    io.add_argument(
+        "--split", default="test", choices=SPLITS, help="viton-hd/catvton: the split folder."
+    )
+    io.add_argument(
+        "--category",
+        default="upper_body",
+        choices=sorted(CATEGORIES),
+        help="Try-on formats: the garment category, which picks the mask kind (upper_body: "
+        "upper, lower_body: lower, dresses: overall) and DressCode's folder; viton-hd is upper.",
+    )
+    io.add_argument(
+        "--approximate-left-right",
+        action="store_true",
+        help="Let a label set without left/right classes fill a format that needs them: the "
+        "person's midline splits arms, legs and shoes (right in the image = the person's left).",
+    )
     io.add_argument("--overlay", action="store_true", help="Write colour overlays (JPEG).")
+    io.add_argument(
+        "--report",
+        action="store_true",
+        help="Write report.html: a contact sheet (photo, parse, masks), worst quality first.",
+    )
     io.add_argument(
         "--save-logits",
         default="none",
         choices=["none", "logits", "probs"],
         help="Also save per-class logits or probabilities (float16 .npy, C x H x W).",
     )
-    io.add_argument("--every", type=int, default=1, help="Video: keep every N-th frame.")
+    io.add_argument("--every", type=positive_int, default=1, help="Video: keep every N-th frame.")
+    io.add_argument(
+        "--smooth",
+        type=smooth_alpha,
+        default=None,
+        help="Video (or a folder of frames in name order): average each frame's class "
+        "probabilities with the previous frames', weight ALPHA in (0, 1] for the new frame; "
+        "restarts at scene cuts. The log reports the flicker with and without it.",
+    )
+    masks = parser.add_argument_group("try-on masks (defaults: mappings/tryon_masks.yaml)")
+    masks.add_argument(
+        "--dilate", type=non_negative_int, default=0, help="Grow every mask by this many px."
+    )
+    masks.add_argument(
+        "--hull", default=None, choices=HULL_MODES, help="Replace the rules' hull mode."
+    )
+    masks.add_argument(
+        "--feather",
+        type=non_negative_int,
+        default=0,
+        help="Soft 8-bit mask edge over this many px outside the mask (0 = hard 0/255).",
+    )
+    masks.add_argument(
+        "--protect",
+        default="",
+        help="Comma-separated class names never painted (e.g. Face,Hands), added to the rules'.",
+    )
     io.add_argument(
         "--shard",
         type=shard_spec,
@@ -121,10 +185,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="Crop H,W (default: the checkpoint's training size).",
     )
-    run.add_argument("--batch-size", type=int, default=4, help="Photos per forward pass.")
+    run.add_argument("--batch-size", type=positive_int, default=4, help="Photos per forward pass.")
     run.add_argument(
         "--workers",
-        type=int,
+        type=non_negative_int,
         default=default_workers(),
         help="DataLoader decode workers; 0 decodes on the main thread between forward passes "
         "(the default on machines with 2 or fewer cores, where workers slow the model down).",
@@ -140,68 +204,17 @@ class ExtractStats(NamedTuple):
     written: int
     failed: list[str]
     seconds: float
-
-
-class Writer:
-    """Everything written for one photo, given its crop logits."""
-
-    def __init__(self, args: argparse.Namespace, parser: HumanParser):
-        self.parser = parser
-        self.out = Path(args.output)
-        self.kinds = [k for k in args.masks.split(",") if k]
-        self.rules = get_mask_rules(parser.label_set) if self.kinds else None
-        self.overlay = args.overlay
-        self.save_logits = args.save_logits
-        self.palette = parser.label_set.flat_palette()
-        self.colours = np.asarray(parser.label_set.palette, np.uint8)
-
-    def targets(self, name: str) -> list[Path]:
-        paths = [self.out / "parsing" / f"{name}.png"]
-        paths += [self.out / "masks" / kind / f"{name}.png" for kind in self.kinds]
-        if self.overlay:
-            paths.append(self.out / "overlay" / f"{name}.jpg")
-        if self.save_logits != "none":
-            paths.append(self.out / "logits" / f"{name}.npy")
-        return paths
-
-    def done(self, name: str) -> bool:
-        return all(p.is_file() for p in self.targets(name))
-
-    def write(self, name: str, crop_logits: torch.Tensor, meta: dict, rgb: np.ndarray | None):
-        logits = None
-        if self.save_logits != "none":  # the full warp is needed anyway: take labels from it
-            logits = self.parser.to_original(crop_logits, meta)  # (C, H, W) on the photo
-            labels = argmax_labels(logits)
-        else:
-            labels = self.parser.to_labels(crop_logits, meta)  # (H, W) uint8 on the photo
-        image = Image.fromarray(labels, mode="P")
-        image.putpalette(self.palette)
-        atomic_write(
-            self.out / "parsing" / f"{name}.png",
-            lambda p: image.save(p, format="PNG", compress_level=PNG_COMPRESS_LEVEL),
-        )
-        for kind in self.kinds:
-            mask = build_mask(labels, self.parser.label_set, kind, self.rules)
-            atomic_write(
-                self.out / "masks" / kind / f"{name}.png", lambda p, m=mask: cv2.imwrite(p, m)
-            )
-        if self.overlay:
-            blend = cv2.addWeighted(rgb, 1 - OVERLAY_ALPHA, self.colours[labels], OVERLAY_ALPHA, 0)
-            atomic_write(
-                self.out / "overlay" / f"{name}.jpg",
-                lambda p: cv2.imwrite(p, cv2.cvtColor(blend, cv2.COLOR_RGB2BGR)),
-            )
-        if logits is not None:
-            values = logits.softmax(0) if self.save_logits == "probs" else logits
-            array = values.to(torch.float16).cpu().numpy()
-            atomic_write(self.out / "logits" / f"{name}.npy", lambda p: np.save(p, array))
+    flicker_raw: float | None = None  # share of photo cells changing label between frames
+    flicker_smoothed: float | None = None
+    scene_cuts: int = 0
 
 
 def build_dataset(args: argparse.Namespace, parser: HumanParser, writer: Writer):
     """(dataset, number of inputs to do or None for a video) of this shard, finished ones left
     out unless --overwrite."""
     source = Path(args.input)
-    spec, keep_rgb = parser.model.input_spec, args.overlay
+    spec, keep_rgb = parser.model.input_spec, writer.needs_rgb
+    resume = not args.overwrite and args.smooth is None  # smoothing re-predicts finished frames
     if not source.exists():
         raise SystemExit(f"{source}: no such file or folder; give a folder, .txt list or video")
     if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
@@ -209,8 +222,8 @@ def build_dataset(args: argparse.Namespace, parser: HumanParser, writer: Writer)
             next(iter_video_frames(source), None)  # fail here, not in a worker
         except ValueError as err:
             raise SystemExit(str(err)) from None
-        found = (writer.out / "parsing" / source.stem).glob("frame_*.png")
-        done = [f"{source.stem}/{p.stem}" for p in found] if not args.overwrite else []
+        found = writer.manifest.records if resume else ()
+        done = [name for name in found if name.startswith(f"{source.stem}/")]
         skip = [name for name in done if writer.done(name)]
         frames = VideoFrames(
             source, parser.input_size, spec, args.every, args.shard, skip, keep_rgb
@@ -229,9 +242,7 @@ def build_dataset(args: argparse.Namespace, parser: HumanParser, writer: Writer)
         )
     index, count = args.shard
     paths, names = paths[index::count], names[index::count]
-    todo = [
-        (p, n) for p, n in zip(paths, names, strict=True) if args.overwrite or not writer.done(n)
-    ]
+    todo = [(p, n) for p, n in zip(paths, names, strict=True) if not resume or not writer.done(n)]
     logger.info("%d photos in shard %d/%d, %d to do", len(paths), index, count, len(todo))
     dataset = PhotoDataset(
         [p for p, _ in todo], [n for _, n in todo], parser.input_size, spec, keep_rgb
@@ -239,11 +250,13 @@ def build_dataset(args: argparse.Namespace, parser: HumanParser, writer: Writer)
     return dataset, len(todo)
 
 
-def extract(args: argparse.Namespace, parser: HumanParser) -> ExtractStats:
+def extract(
+    args: argparse.Namespace, parser: HumanParser, writer: Writer | None = None
+) -> ExtractStats:
     """Run the extractor over --input; returns what was written and what failed."""
     start = time.perf_counter()
     cv2.setNumThreads(1)  # writer threads and decode workers already keep the cores busy
-    writer = Writer(args, parser)
+    writer = writer or Writer(args, parser)
     dataset, total = build_dataset(args, parser, writer)
     failed: list[str] = []
     written = 0
@@ -257,6 +270,8 @@ def extract(args: argparse.Namespace, parser: HumanParser) -> ExtractStats:
         worker_init_fn=init_decode_worker,
         pin_memory=parser.device.type == "cuda",
     )
+    video = VideoSmoothing(args.smooth, parser.input_size) if args.smooth else None
+    redo = args.overwrite or video is None  # smoothing re-predicts finished frames, keeps files
     # one autocast region for the whole run: the low-precision weight copies are made once,
     # not on every batch (autocast state is per thread: the writers stay in fp32)
     with (
@@ -271,10 +286,15 @@ def extract(args: argparse.Namespace, parser: HumanParser) -> ExtractStats:
             if batch["image"] is None:
                 continue
             crop_logits = parser.predict(batch["image"])  # (N, C, H/4, W/4)
-            for name, logits, meta, rgb in zip(
-                batch["name"], crop_logits, batch["meta"], batch["rgb"], strict=True
+            if video is not None:
+                crop_logits = video(crop_logits, batch["image"], batch["meta"])
+            for name, logits, meta, rgb, path in zip(
+                batch["name"], crop_logits, batch["meta"], batch["rgb"], batch["path"], strict=True
             ):
-                pending.append(pool.submit(writer.write, name, logits, meta, rgb))
+                if not redo and writer.done(name):
+                    bar.update()
+                    continue
+                pending.append(pool.submit(writer.write, name, logits, meta, rgb, path))
             while len(pending) > PENDING_BATCHES * args.batch_size:
                 pending.pop(0).result()
                 written += 1
@@ -283,22 +303,16 @@ def extract(args: argparse.Namespace, parser: HumanParser) -> ExtractStats:
             future.result()
             written += 1
             bar.update()
-    return ExtractStats(written, failed, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if video is None:
+        return ExtractStats(written, failed, seconds)
+    raw, smoothed = video.raw.share, video.smoothed.share
+    return ExtractStats(written, failed, seconds, raw, smoothed, video.smoother.cuts)
 
 
-def write_failed_list(out: Path, shard: tuple[int, int], failed: list[str]) -> None:
-    """The unreadable inputs of this run (a stale list from an earlier run is removed)."""
-    index, count = shard
-    path = out / ("failed.txt" if count == 1 else f"failed_{index}of{count}.txt")
-    if not failed:
-        path.unlink(missing_ok=True)
-        return
-    atomic_write(path, lambda p: Path(p).write_text("\n".join(failed) + "\n"))
-    logger.warning("%d unreadable inputs skipped, listed in %s", len(failed), path)
-
-
-def load_parser(args: argparse.Namespace) -> HumanParser:
-    """The parser of --model-restore; checks the --masks kinds against its label set."""
+def load_parser(args: argparse.Namespace) -> tuple[HumanParser, Writer]:
+    """The parser of --model-restore and the writer of its outputs; one line when the label set
+    cannot give the --masks kinds, --protect classes or --format."""
     try:
         parser = HumanParser.from_checkpoint(
             args.model_restore,
@@ -308,30 +322,37 @@ def load_parser(args: argparse.Namespace) -> HumanParser:
             scales=args.multi_scales,
             input_size=args.input_size,
         )
-        kinds = [k for k in args.masks.split(",") if k]
-        supported = tuple(get_mask_rules(parser.label_set).kinds) if kinds else ()
+        return parser, Writer(args, parser)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(str(err)) from None
-    for kind in kinds:
-        if kind not in supported:
-            raise SystemExit(
-                f"--masks {kind}: unknown or unsupported mask kind; label set "
-                f"'{parser.label_set.name}' supports {', '.join(supported)}"
-            )
-    return parser
 
 
 def main(args: argparse.Namespace) -> None:
     setup_logging()
-    if args.every < 1 or args.batch_size < 1:
-        raise SystemExit("--every and --batch-size must be at least 1")
     if not Path(args.input).exists():  # before the (slow) model load
         raise SystemExit(f"{args.input}: no such file or folder; give a folder, .txt list or video")
-    parser = load_parser(args)
-    stats = extract(args, parser)
-    write_failed_list(Path(args.output), args.shard, stats.failed)
+    check_output_dir(args.output, "--output")
+    unknown = [k for k in args.masks.split(",") if k and k not in KINDS]
+    if unknown:
+        raise SystemExit(
+            f"--masks {unknown[0]}: unknown or unsupported mask kind; "
+            f"choose from {', '.join(KINDS)}"
+        )
+    age = 0.0 if args.shard[1] == 1 else STALE_TEMP_AGE_S
+    remove_stale_temp_files(args.output, recursive=True, min_age_s=age)  # of killed runs
+    parser, writer = load_parser(args)
+    stats = extract(args, parser, writer)
+    writer.finish(stats.failed, args.shard)
     rate = stats.written / max(stats.seconds, 1e-9)
     logger.info("%d photos written to %s (%.2f images/s)", stats.written, args.output, rate)
+    if stats.flicker_raw is not None:
+        logger.info(
+            "flicker (share of photo cells changing label between frames): %.2f %% raw, "
+            "%.2f %% smoothed; %d scene cuts",
+            100 * stats.flicker_raw,
+            100 * (stats.flicker_smoothed or 0.0),
+            stats.scene_cuts,
+        )
 
 
 if __name__ == "__main__":

@@ -203,5 +203,6 @@ def collate_photos(samples: list[dict]) -> dict:
         "meta": [s["meta"] for s in good],
         "rgb": [s["rgb"] for s in good],
         "name": [s["name"] for s in good],
+        "path": [s["path"] for s in good],
         "failed": [s["path"] for s in samples if s["image"] is None],
     }

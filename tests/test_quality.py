@@ -1,0 +1,124 @@
+"""Quality outputs of extract.py: manifest.jsonl (one line per photo, kept over kills), flags,
+report.html (worst first), and the output-folder checks made before any work."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_extract import _extract, checkpoint, photos  # noqa: F401  (fixtures)
+
+from datasets.labels import load_label_config
+from utils.quality import photo_cells, quality_record, worst_first
+
+LIP_MAP = Path(__file__).resolve().parents[1] / "mappings" / "lip_map.yaml"
+MERGED = load_label_config(LIP_MAP).target
+FIELDS = {"id", "height", "width", "person_share", "confidence", "entropy", "mask_area", "flags"}
+
+
+def _manifest(out: Path) -> dict[str, dict]:
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    return {r["id"]: r for r in map(json.loads, lines)}
+
+
+def test_manifest_has_one_line_per_photo_and_a_torn_line_is_redone(checkpoint, photos, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    _extract(checkpoint, photos, out, "--masks", "upper,lower")
+    records = _manifest(out)
+    assert set(records) == {"a/doll_small", "doll_wide", "grey", "rgba"}
+    for record in records.values():
+        assert set(record) >= FIELDS
+        assert set(record["mask_area"]) == {"upper", "lower"}
+        assert 0 <= record["confidence"] <= 1 and 0 <= record["entropy"] <= 1
+    assert records["doll_wide"]["height"] == 77 and records["doll_wide"]["width"] == 121
+    # a kill mid-line leaves a torn last line: that photo is redone, the others are kept
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    kept = [ln for ln in lines if '"grey"' not in ln]
+    (out / "manifest.jsonl").write_text("\n".join(kept) + '\n{"id": "grey", "hei')
+    parse = out / "parsing"
+    before = {p: p.stat().st_mtime_ns for p in parse.rglob("*.png")}
+    _extract(checkpoint, photos, out, "--masks", "upper,lower")
+    changed = {p.stem for p in parse.rglob("*.png") if p.stat().st_mtime_ns != before[p]}
+    assert changed == {"grey"}
+    assert set(_manifest(out)) == set(records)
+
+
+def test_report_lists_every_photo_worst_first(checkpoint, photos, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    _extract(checkpoint, photos, out, "--masks", "upper", "--report")
+    page = (out / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 4
+    assert all((out / s).is_file() for s in sources)
+    order = [Path(s).with_suffix("").as_posix().removeprefix("report/") for s in sources]
+    assert order == [r["id"] for r in worst_first(list(_manifest(out).values()))]
+
+
+def _labels() -> np.ndarray:
+    ids = {n: i for i, n in enumerate(MERGED.names)}
+    labels = np.zeros((100, 80), np.uint8)
+    labels[20:80, 20:60] = ids["Upper-clothes"]
+    labels[40:50, 35:45] = ids["Face"]  # e.g. a hand or face in front of the garment
+    return labels
+
+
+def test_flags_no_person_low_confidence_and_protected_inside_the_mask():
+    empty = np.zeros((50, 40), np.uint8)
+    record = quality_record("x", empty, MERGED, (0.3, 0.9), {})
+    assert record["flags"] == ["no_person", "low_confidence"] and record["person_share"] == 0
+    labels = _labels()
+    mask = np.where(labels == MERGED.names.index("Upper-clothes"), 255, 0).astype(np.uint8)
+    face = (MERGED.names.index("Face"),)
+    flagged = quality_record("y", labels, MERGED, (0.9, 0.1), {"upper": mask}, face)
+    assert flagged["flags"] == ["protected_inside_upper"]
+    filled = np.where(labels > 0, 255, 0).astype(np.uint8)  # no hole: nothing enclosed
+    assert quality_record("z", labels, MERGED, (0.9, 0.1), {"upper": filled}, face)["flags"] == []
+
+
+def test_photo_cells_cover_the_photo_and_not_the_padding():
+    # a wide photo in a tall crop: the photo fills the width and a band of the height
+    meta = {"center": np.array([99.5, 24.5]), "scale": np.array([200.0, 266.7]), "height": 50,
+            "width": 200}  # fmt: skip
+    inside = photo_cells(meta, (512, 384), (128, 96))
+    rows = torch.nonzero(inside.any(1)).ravel()
+    assert inside[:, 0].any() and inside[:, -1].any()
+    assert rows.min() > 0 and rows.max() < 127
+    assert abs(len(rows) - 128 * 50 * 384 / (200 * 512)) <= 2
+
+
+def test_output_that_is_a_file_is_refused_before_the_model_loads(photos, tmp_path):  # noqa: F811
+    target = tmp_path / "taken"
+    target.write_text("not a folder")
+    with pytest.raises(SystemExit) as err:
+        _extract(tmp_path / "no_such_model.pth.tar", photos, target)
+    assert "--output" in str(err.value.code) and "is a file" in str(err.value.code)
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed_at_start(checkpoint, photos, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    stale = out / "parsing" / ".doll_wide.png.abc123xy.tmp"
+    stale.mkdir(parents=True)
+    (stale / "doll_wide.png").write_bytes(b"half")
+    mine = out / "parsing" / "notes.txt"
+    mine.write_text("keep me")
+    _extract(checkpoint, photos, out)
+    assert not stale.exists() and mine.read_text() == "keep me"
+
+
+def test_api_masks_take_the_same_controls_as_the_cli(checkpoint, photos):  # noqa: F811
+    from networks.api import HumanParser
+    from utils.masks import MaskControls, build_mask
+
+    parser = HumanParser.from_checkpoint(checkpoint, device="cpu")
+    image = np.asarray(Image.open(photos / "doll_wide.jpg").convert("RGB"))
+    controls = {"dilate": 4, "hull": "box", "feather": 3, "protect": ("Face",)}
+    mask = parser.masks(image, "upper", **controls)
+    expected = build_mask(
+        parser.parse(image), parser.label_set, "upper", controls=MaskControls(**controls)
+    )
+    assert np.array_equal(mask, expected)
+    with pytest.raises(ValueError, match="dilate"):
+        parser.masks(image, "upper", dilate=-3)
