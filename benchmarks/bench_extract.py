@@ -11,6 +11,11 @@ load average (other processes on a shared machine skew every number, the ratio i
     python benchmarks/bench_extract.py --data-dir ../shared/data/ccp --num-images 24
     python benchmarks/bench_extract.py --archs segformer_mit_b0 --precisions fp32 --rounds 3
     python benchmarks/bench_extract.py --device cuda --precisions fp32,bf16 --batch-size 8
+    python benchmarks/bench_extract.py --archs segformer_mit_b0 --precisions fp32 \
+        --variants plain,viton-hd-report,smooth   # try-on format + report, and --smooth, vs plain
+
+Variants other than `plain` run the extractor with more flags (VARIANTS) in the same rounds, on a
+checkpoint with LIP's 20 classes (what viton-hd needs); each reports its rate / plain's.
 """
 
 import argparse
@@ -38,7 +43,14 @@ from utils.inference import autocast  # noqa: E402
 
 PRECISIONS = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}  # name -> --amp
 RUSAGE_WHO = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-LABEL_MAP = Path(__file__).resolve().parents[1] / "mappings" / "ccp_map.yaml"
+MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
+LABEL_MAP = MAPPINGS / "ccp_map.yaml"
+LIP_MAP = MAPPINGS / "lip_map.yaml"  # LIP-20 checkpoints, when a variant needs one
+VARIANTS = {  # name -> extra extract.py flags
+    "plain": [],
+    "viton-hd-report": ["--format", "viton-hd", "--report"],
+    "smooth": ["--smooth", "0.5"],
+}
 
 
 def comma_list(text: str) -> list[str]:
@@ -73,6 +85,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=extract.default_workers(),
         help="Extractor DataLoader workers (default: the extractor's for this machine).",
     )
+    parser.add_argument(
+        "--variants",
+        type=comma_list,
+        default=["plain"],
+        help=f"Extractor variants timed in the same rounds ({', '.join(VARIANTS)}).",
+    )
     parser.add_argument("--rounds", type=int, default=2, help="Timed rounds (median reported).")
     parser.add_argument("--device", default="cpu", help="Torch device, e.g. cpu or cuda.")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default).")
@@ -90,8 +108,10 @@ def photo_paths(data_dir: str, split: str, count: int) -> list[Path]:
     return list_inputs(root)[:count]
 
 
-def save_random_checkpoint(arch: str, input_size, folder: Path) -> Path:
+def save_random_checkpoint(arch: str, input_size, folder: Path, lip20: bool = False) -> Path:
     label_set = load_label_config(LABEL_MAP).target
+    if lip20:
+        label_set = load_label_config(LIP_MAP).spaces["lip"]
     model = build_model(arch, label_set.num_classes)
     return ckpt.save_checkpoint(
         {**ckpt.model_record(model, label_set, input_size), "epoch": 0},
@@ -116,12 +136,14 @@ def bare_rate(parser: HumanParser, batches: list[torch.Tensor], num_images: int)
     return num_images / (time.perf_counter() - start), (cpu_seconds() - cpu) / num_images
 
 
-def extractor_rate(parser: HumanParser, args: argparse.Namespace, list_file: Path, out: Path):
+def extractor_rate(
+    parser: HumanParser, args: argparse.Namespace, list_file: Path, out: Path, flags=()
+):
     """(images/s, CPU s per image) of the whole extractor (fresh workers, every file written)."""
     extract_args = extract.get_args_parser().parse_args(
         ["--model-restore", "unused", "--input", str(list_file), "--output", str(out)]
         + ["--batch-size", str(args.batch_size), "--workers", str(args.workers)]
-        + ["--overwrite"]
+        + ["--overwrite", *flags]
     )
     cpu = cpu_seconds()
     stats = extract.extract(extract_args, parser)
@@ -129,8 +151,9 @@ def extractor_rate(parser: HumanParser, args: argparse.Namespace, list_file: Pat
 
 
 def measure(arch: str, precision: str, args, paths: list[Path], folder: Path) -> dict:
+    lip20 = args.variants != ["plain"]
     parser = HumanParser.from_checkpoint(
-        save_random_checkpoint(arch, args.input_size, folder),
+        save_random_checkpoint(arch, args.input_size, folder, lip20),
         device=args.device,
         amp=PRECISIONS[precision],
     )
@@ -145,13 +168,27 @@ def measure(arch: str, precision: str, args, paths: list[Path], folder: Path) ->
     warm_list = folder / "warmup.txt"
     warm_list.write_text("".join(f"{p.resolve()}\n" for p in paths[: args.batch_size]))
     bare_rate(parser, batches[:1], args.batch_size)  # warm-up: kernels, allocator, workers
-    extractor_rate(parser, args, warm_list, folder / "out")
-    bare, full = [], []  # (images/s, CPU s per image) of each round
+    for name in args.variants:
+        extractor_rate(parser, args, warm_list, folder / name, VARIANTS[name])
+    bare = []  # (images/s, CPU s per image) of each round
+    runs = {name: [] for name in args.variants}
     for _ in range(args.rounds):
         bare.append(bare_rate(parser, batches, len(paths)))
-        full.append(extractor_rate(parser, args, list_file, folder / "out"))
+        for name in args.variants:
+            runs[name].append(
+                extractor_rate(parser, args, list_file, folder / name, VARIANTS[name])
+            )
+    full = runs[args.variants[0]]
     bare_rate_median = statistics.median(rate for rate, _ in bare)
     full_rate_median = statistics.median(rate for rate, _ in full)
+    variants = {
+        name: {
+            "extract_img_s": round(statistics.median(rate for rate, _ in rounds), 3),
+            "vs_first": round(statistics.median(rate for rate, _ in rounds) / full_rate_median, 3),
+            "rounds_img_s": [round(rate, 3) for rate, _ in rounds],
+        }
+        for name, rounds in runs.items()
+    }
     return {
         "arch": arch,
         "precision": precision,
@@ -167,12 +204,16 @@ def measure(arch: str, precision: str, args, paths: list[Path], folder: Path) ->
             "bare": [round(rate, 3) for rate, _ in bare],
             "extract": [round(rate, 3) for rate, _ in full],
         },
+        "variants": variants,  # vs_first: rate / the first variant's (plain)
     }
 
 
 def main(args: argparse.Namespace) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown or not args.variants:
+        raise SystemExit(f"--variants {','.join(unknown)}: choose from {', '.join(VARIANTS)}")
     paths = photo_paths(args.data_dir, args.split, args.num_images)
     if not paths:
         raise SystemExit(f"{args.data_dir}: no photos found; pass --data-dir")

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from test_extract import _extract, checkpoint, photos  # noqa: F401  (fixtures)
 
+import extract
 from datasets.labels import load_label_config
 from utils.quality import photo_cells, quality_record, worst_first
 
@@ -122,3 +123,29 @@ def test_api_masks_take_the_same_controls_as_the_cli(checkpoint, photos):  # noq
     assert np.array_equal(mask, expected)
     with pytest.raises(ValueError, match="dilate"):
         parser.masks(image, "upper", dilate=-3)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--dilate", "-3"], "--dilate"),
+        (["--feather", "x"], "--feather"),
+        (["--hull", "round"], "--hull"),
+        (["--format", "viton"], "--format"),
+        (["--workers", "-1"], "--workers"),
+    ],
+)
+def test_bad_flags_name_the_flag(flags, named, capsys):
+    with pytest.raises(SystemExit) as err:
+        extract.get_args_parser().parse_args(["--model-restore", "m", "--input", "i"] + flags)
+    assert err.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_undecodable_video_is_one_line_and_writes_nothing(checkpoint, tmp_path):  # noqa: F811
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not a video at all" * 100)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        _extract(checkpoint, clip, out, "--smooth", "0.5", "--format", "catvton")
+    assert "clip.mp4" in str(err.value.code) and "\n" not in str(err.value.code)
+    assert not out.exists() or not any(out.rglob("*"))

@@ -91,6 +91,7 @@ def write_report(path: Path, records: list[dict], thumbs: str, kinds: list[str])
     """The contact sheet at `path`: one row per photo, worst first (flags, then confidence);
     `thumbs` is the folder of the rows' images, relative to `path`'s folder."""
     header = "".join(f"<th>{html.escape(k)}</th>" for k in kinds)
+    panels = html.escape(" | ".join(["photo", "parse", *kinds]))
     rows = []
     for record in worst_first(records):
         src = quote(f"{thumbs}/{record['id']}.jpg")
@@ -114,8 +115,7 @@ img {{ height: {THUMB_HEIGHT}px; }}
 <h1>Parsing report: {len(records)} photos, worst first</h1>
 <p>Each row: photo, parse over the photo, then each mask. Confidence is the mean top-class
 probability, entropy the mean normalised entropy (1 = uniform).</p>
-<table><tr><th>photo | parse | masks</th><th>id</th><th>person</th><th>confidence</th>
-<th>entropy</th>{header}<th>flags</th></tr>
+<table><tr><th>{panels}</th><th>id</th><th>person</th><th>confidence</th><th>entropy</th>{header}<th>flags</th></tr>
 {chr(10).join(rows)}
 </table></body></html>
 """
