@@ -16,23 +16,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch import nn
 
 from datasets.images import prepare_image
 from datasets.labels import LabelSet
-from datasets.transforms import logits_to_original
+from datasets.transforms import MIN_IMAGE_SIDE, logits_to_original
 from networks.weights import WeightsError, load_weights
 from utils.distributed import resolve_device
 from utils.inference import labels_to_original, predict_logits
 
 RGB_CHANNELS = (3, 4)  # RGB, or RGBA whose alpha is dropped
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")  # PIL's 16-bit greyscale modes
+MIN_INPUT_SIDE = 32  # px: the smallest crop side the network takes (stride-32 last stage)
 
 
 def _as_rgb(image) -> np.ndarray:
-    """PIL image or (H, W[, 3|4]) uint8 array (RGB order) -> (H, W, 3) uint8 RGB."""
-    if hasattr(image, "convert"):
-        image = np.asarray(image.convert("RGB"))
+    """PIL image or (H, W[, 3|4]) uint8/uint16 array (RGB order) -> (H, W, 3) uint8 RGB.
+
+    PIL images are turned upright by their EXIF orientation first (as extract.py's decoder
+    does); 16-bit images (PIL mode I;16, uint16 arrays) keep their top 8 bits, not clipped."""
+    if isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image)
+        if image.mode in SIXTEEN_BIT_MODES:
+            image = np.asarray(image).astype(np.uint16)
+        else:
+            image = np.asarray(image.convert("RGB"))
     array = np.asarray(image)
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    if array.ndim >= 2 and min(array.shape[:2]) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"HumanParser: image is {array.shape[1]}x{array.shape[0]} px; "
+            f"a photo needs at least {MIN_IMAGE_SIDE} px per side"
+        )
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in RGB_CHANNELS or array.dtype != np.uint8:
@@ -64,6 +81,16 @@ class HumanParser:
         flip: bool = False,
         scales: Sequence[float] = (1.0,),
     ):
+        size = tuple(int(v) for v in input_size)
+        if len(size) != 2 or min(size) < MIN_INPUT_SIDE:
+            raise ValueError(
+                f"HumanParser: input_size {tuple(input_size)} must be (H, W) with both sides at "
+                f"least {MIN_INPUT_SIDE} px, e.g. (512, 384)"
+            )
+        if not scales or not all(np.isfinite(v) and v > 0 for v in scales):
+            raise ValueError(
+                f"HumanParser: scales {tuple(scales)} must be numbers above 0, e.g. (1.0,)"
+            )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.label_set = label_set
@@ -139,7 +166,9 @@ class HumanParser:
         return crop_logits, [meta for _, meta in prepared]
 
     def logits(self, images: Sequence) -> list[torch.Tensor]:
-        """(C, H, W) float32 logits of each photo at its own size."""
+        """(C, H, W) float32 logits of each photo at its own size (none gives [])."""
+        if len(images) == 0:
+            return []
         crop_logits, metas = self._crop_logits(images)
         return [
             self.to_original(logits, meta) for logits, meta in zip(crop_logits, metas, strict=True)
@@ -150,7 +179,9 @@ class HumanParser:
         return self.parse_batch([image])[0]
 
     def parse_batch(self, images: Sequence) -> list[np.ndarray]:
-        """`parse` for several photos in one forward pass (sizes may differ)."""
+        """`parse` for several photos in one forward pass (sizes may differ; none gives [])."""
+        if len(images) == 0:
+            return []
         crop_logits, metas = self._crop_logits(images)
         return [
             self.to_labels(logits, meta) for logits, meta in zip(crop_logits, metas, strict=True)

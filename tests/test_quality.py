@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -149,3 +150,43 @@ def test_undecodable_video_is_one_line_and_writes_nothing(checkpoint, tmp_path):
         _extract(checkpoint, clip, out, "--smooth", "0.5", "--format", "catvton")
     assert "clip.mp4" in str(err.value.code) and "\n" not in str(err.value.code)
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_api_reads_16_bit_and_exif_rotated_photos_as_extract_does(checkpoint, tmp_path):  # noqa: F811
+    from networks.api import HumanParser, _as_rgb
+
+    grey16 = (np.linspace(0, 65535, 40 * 30).reshape(40, 30)).astype(np.uint16)
+    image16 = Image.fromarray(grey16)  # mode I;16
+    rgb = _as_rgb(image16)
+    assert rgb.max() == 255 and rgb.min() == 0 and len(np.unique(rgb)) > 200  # not clipped
+    assert np.array_equal(_as_rgb(grey16), rgb)
+    # a photo stored sideways with EXIF orientation 6 (rotate 90° clockwise to view)
+    stored = np.zeros((30, 50, 3), np.uint8)
+    stored[:, :10] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(stored).save(path, exif=exif)
+    upright = _as_rgb(Image.open(path))
+    decoded = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)  # extract.py's decoder
+    assert upright.shape == decoded.shape == (50, 30, 3)
+    parser = HumanParser.from_checkpoint(checkpoint, device="cpu")
+    assert parser.parse(Image.open(path)).shape == (50, 30)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p: p.parse(np.zeros((0, 0, 3), np.uint8)), "0x0 px"),
+        (lambda p: p.parse(np.zeros((1, 40, 3), np.uint8)), "40x1 px"),
+        (lambda p: type(p)(p.model, p.label_set, input_size=(0, 0)), "input_size"),
+        (lambda p: type(p)(p.model, p.label_set, (64, 48), scales=(0,)), "scales"),
+    ],
+)
+def test_api_degenerate_inputs_raise_one_clear_value_error(checkpoint, call, message):  # noqa: F811
+    from networks.api import HumanParser
+
+    parser = HumanParser.from_checkpoint(checkpoint, device="cpu")
+    with pytest.raises(ValueError, match=message):
+        call(parser)
+    assert parser.parse_batch([]) == []
