@@ -32,8 +32,9 @@ class Manifest:
         self.path = path
         self.records: dict[str, dict] = {}
         self._lock = threading.Lock()
-        if path.is_file():
-            for line in path.read_text().splitlines():
+        self._read = path.read_text() if path.is_file() else ""
+        if self._read:
+            for line in self._read.splitlines():
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # torn by a kill mid-line: that photo is redone
@@ -62,8 +63,10 @@ class Manifest:
                 self._handle = None
             if not self.records:
                 return
-            lines = [json.dumps(self.records[k]) for k in sorted(self.records)]
-            atomic_write(self.path, lambda p: Path(p).write_text("\n".join(lines) + "\n"))
+            text = "\n".join(json.dumps(self.records[k]) for k in sorted(self.records)) + "\n"
+            if text != self._read:  # a rerun that wrote nothing leaves the file as it was
+                atomic_write(self.path, lambda p: Path(p).write_text(text))
+                self._read = text
 
 
 def contact_row(
