@@ -87,7 +87,7 @@ class TryOnFormat:
         """(H, W) source class ids -> (H, W) uint8 format ids.
 
         A split class takes, per pixel, whichever of its two format classes is nearer among the
-        pixels the other classes already placed; with either missing from the photo, the
+        pixels the other classes already placed; with both missing from the photo, the
         person's vertical midline decides (image right = the person's left, for photos facing
         the camera)."""
         out = self.lut[labels.astype(np.intp)]
@@ -103,10 +103,8 @@ class TryOnFormat:
             where = labels == source
             if not where.any():
                 continue
-            if (out == first).any() and (out == second).any():
-                d_first = _distance_to(out == first)
-                d_second = _distance_to(out == second)
-                near_first = d_first <= d_second
+            if (out == first).any() or (out == second).any():
+                near_first = _distance_to(out == first) <= _distance_to(out == second)
             else:
                 near_first = np.broadcast_to(columns >= centre, labels.shape)
             out[where] = np.where(near_first[where], first, second)
@@ -129,6 +127,9 @@ class TryOnFormat:
 
 
 def _distance_to(pixels: np.ndarray) -> np.ndarray:
+    """Distance of every pixel to the nearest of `pixels` (infinite where there is none)."""
+    if not pixels.any():
+        return np.full(pixels.shape, np.inf, np.float32)
     return cv2.distanceTransform((~pixels).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
 
 
