@@ -65,13 +65,15 @@ def _sizes(folder: Path) -> dict[str, tuple[int, int]]:
     return sizes
 
 
-def _extract(checkpoint: Path, source: Path, out: Path, *flags: str) -> None:
+def _extract(checkpoint: Path, source: Path, out: Path, *flags: str) -> Path:
+    """Run extract.py's main on CPU without workers; returns `out`."""
     extract.main(
         extract.get_args_parser().parse_args(
             ["--model-restore", str(checkpoint), "--input", str(source), "--output", str(out)]
             + ["--workers", "0", "--device", "cpu", *flags]
         )
     )
+    return out
 
 
 def _names(out: Path) -> set[str]:

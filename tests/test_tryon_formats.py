@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_extract import _extract
 
 import extract
 from datasets.dolls import render_doll
@@ -127,16 +128,6 @@ def photos(tmp_path_factory) -> Path:
     assert cv2.imwrite(str(folder / "doll.jpg"), doll)
     assert cv2.imwrite(str(folder / "wide.png"), wide)
     return folder
-
-
-def _extract(checkpoint: Path, source: Path, out: Path, *flags: str) -> Path:
-    extract.main(
-        extract.get_args_parser().parse_args(
-            ["--model-restore", str(checkpoint), "--input", str(source), "--output", str(out)]
-            + ["--workers", "0", "--device", "cpu", *flags]
-        )
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
