@@ -23,27 +23,29 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets.images import init_decode_worker
+from datasets.labels import LabelSet
 from datasets.lip import LIPDataset, data_error_line
+from inference.predict import labels_to_original, predict_logits
 from networks import build_model
-from networks.weights import WeightsError, load_weights
-from utils.checkpoint import read_checkpoint
+from networks.contracts import DEFAULT_INPUT_SIZE
+from networks.weights import WeightsError, load_weights, read_checkpoint
 from utils.cli import apply_gpu_flag, check_output_dir, common_parser, float_list, resolve_labels
 from utils.distributed import DistInfo, all_reduce_sum, cleanup, init_distributed
 from utils.fileio import atomic_write
-from utils.inference import labels_to_original, predict_logits
 from utils.logger import setup_logging
 from utils.metrics import ConfusionMatrix, format_markdown, save_confusion_png
 
 logger = logging.getLogger("evaluate")
-FOREIGN_INPUT_SIZE = (512, 384)  # crop for checkpoints that do not record theirs (seed README)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -76,7 +78,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="Write palette PNGs to <log-dir>/sp_results/.",
     )
-    parser.set_defaults(input_size=None)  # the checkpoint's training crop, else FOREIGN_INPUT_SIZE
+    parser.set_defaults(input_size=None)  # the checkpoint's training crop, else DEFAULT_INPUT_SIZE
     return parser
 
 
@@ -174,15 +176,29 @@ def evaluate(
     return confusion.compute(label_set.names), confusion
 
 
-def load_model_for_eval(args):
-    """Build the model from the checkpoint (ours) or from --arch/--num-classes (foreign)."""
+class EvalModel(NamedTuple):
+    """What `load_model_for_eval` resolved from the checkpoint and the flags."""
+
+    model: nn.Module
+    label_set: LabelSet
+    lut: np.ndarray | None
+    arch: str
+    input_size: tuple[int, int]
+
+
+def load_model_for_eval(args: argparse.Namespace) -> EvalModel:
+    """Build the model from the checkpoint (ours) or from --arch/--num-classes (foreign).
+
+    The checkpoint is read once; `args` is not changed.
+    """
     if args.model_restore is None:
         raise SystemExit("--model-restore is required: the checkpoint to evaluate")
-    state = read_checkpoint(args.model_restore)
-    label_set = None
+    try:
+        state = read_checkpoint(args.model_restore)
+    except WeightsError as err:
+        raise SystemExit(str(err)) from None
+    arch, input_size, label_set = args.arch, args.input_size, None
     if "arch" in state:  # ours: self-describing
-        from datasets.labels import LabelSet
-
         for flag, stored in (("arch", state["arch"]), ("num_classes", state["num_classes"])):
             given = getattr(args, flag)
             if given is not None and given != stored:
@@ -191,31 +207,30 @@ def load_model_for_eval(args):
                     f"--{flag.replace('_', '-')} {given} was given; drop the flag "
                     "or pick the matching checkpoint"
                 )
-        args.arch, args.num_classes = state["arch"], state["num_classes"]
+        arch = state["arch"]
         trained_size = tuple(state["input"]["size"])
-        if args.input_size is None:
-            args.input_size = trained_size
-        elif tuple(args.input_size) != trained_size:
+        if input_size is None:
+            input_size = trained_size
+        elif tuple(input_size) != trained_size:
             logger.warning(
                 "evaluating at --input-size %s; the checkpoint was trained at %s",
-                args.input_size,
+                input_size,
                 trained_size,
             )
         if state.get("label_set"):
             label_set = LabelSet.from_dict(state["label_set"])
-    elif args.arch is None:
+    elif arch is None:
         raise SystemExit(
             f"{args.model_restore}: not a self-describing checkpoint; pass --arch and --num-classes"
         )
-    if args.input_size is None:
-        args.input_size = FOREIGN_INPUT_SIZE
     label_set, lut = resolve_labels(args, label_set)
-    model = build_model(args.arch, label_set.num_classes, heads=state.get("heads", "full"))
+    model = build_model(arch, label_set.num_classes, heads=state.get("heads", "full"))
     try:
-        load_weights(model, args.model_restore)
+        load_weights(model, state, name=str(args.model_restore))
     except WeightsError as err:
         raise SystemExit(str(err)) from None
-    return model, label_set, lut
+    size = tuple(input_size) if input_size is not None else DEFAULT_INPUT_SIZE
+    return EvalModel(model, label_set, lut, arch, size)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -223,10 +238,10 @@ def main(args: argparse.Namespace) -> None:
     apply_gpu_flag(args.gpu)
     info = init_distributed(args.device)
     setup_logging(info.is_main)
-    model, label_set, lut = load_model_for_eval(args)
+    model, label_set, lut, arch, input_size = load_model_for_eval(args)
     model.to(info.device)
     dataset = build_eval_dataset(
-        args.data_dir, args.split, args.input_size, model.input_spec, label_set, lut
+        args.data_dir, args.split, input_size, model.input_spec, label_set, lut
     )
     if dataset is None:
         raise SystemExit(
@@ -257,8 +272,8 @@ def main(args: argparse.Namespace) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         record = {
             "checkpoint": args.model_restore,
-            "arch": args.arch,
-            "input_size": list(args.input_size),
+            "arch": arch,
+            "input_size": list(input_size),
             "data_dir": args.data_dir,
             "split": args.split,
             "images": len(dataset),

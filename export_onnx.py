@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from datasets.images import list_inputs, prepare_image, read_image_rgb
-from networks.api import HumanParser
+from inference.api import HumanParser
 from utils.cli import hw_pair
 from utils.logger import setup_logging
 

@@ -10,9 +10,9 @@
 Writes <output>/parsing/<name>.png (palette PNG of class ids at the photo's size),
 <output>/masks/<kind>/<name>.png (0/255), <output>/overlay/<name>.jpg, <output>/logits/<name>.npy
 (float16 C x H x W, with --save-logits) and <output>/failed.txt (failed_<i>of<n>.txt with --shard)
-listing unreadable inputs, and manifest.jsonl (one quality line per photo; utils/quality.py).
+listing unreadable inputs, and manifest.jsonl (one quality line per photo; inference/quality.py).
 `--format viton-hd|dresscode|catvton` writes the files of that try-on model's dataset instead of
-parsing/ (layouts in mappings/tryon_formats.yaml, writer in utils/outputs.py). <name> is the
+parsing/ (layouts in mappings/tryon_formats.yaml, writer in inference/outputs.py). <name> is the
 photo's path below the input folder without its suffix (video frames: <video>/frame_<index>).
 Finished photos are skipped on a rerun; every file is written atomically.
 
@@ -45,7 +45,12 @@ from datasets.images import (
     list_inputs,
     output_names,
 )
-from networks.api import HumanParser
+from inference.api import HumanParser
+from inference.masks import HULL_MODES, KINDS
+from inference.outputs import Writer
+from inference.predict import autocast
+from inference.temporal import VideoSmoothing, smooth_alpha
+from inference.tryon_formats import CATEGORIES, DEFAULT_FORMAT, SPLITS, format_names
 from utils.cli import (
     AMP_CHOICES,
     check_output_dir,
@@ -55,12 +60,7 @@ from utils.cli import (
     positive_int,
 )
 from utils.fileio import remove_stale_temp_files
-from utils.inference import autocast
 from utils.logger import setup_logging
-from utils.masks import HULL_MODES, KINDS
-from utils.outputs import Writer
-from utils.temporal import VideoSmoothing, smooth_alpha
-from utils.tryon_formats import CATEGORIES, DEFAULT_FORMAT, SPLITS, format_names
 
 logger = logging.getLogger("extract")
 STALE_TEMP_AGE_S = 3600  # with --shard, other shards may be writing: only older temporaries go

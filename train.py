@@ -61,8 +61,10 @@ from datasets.transforms import (
     normalize_batch,
 )
 from evaluate import build_eval_dataset, evaluate
+from inference.predict import AMP_DTYPES, autocast
 from networks import HEADS, ParsingOutput, build_model
-from networks.parser import InputSpec
+from networks.contracts import InputSpec
+from networks.norm import convert_sync_batchnorm
 from networks.weights import WeightsError, load_pretrained_backbone, load_weights
 from utils import checkpoint as ckpt
 from utils.cli import (
@@ -76,12 +78,10 @@ from utils.cli import (
 from utils.criterion import CONSISTENCY_MODES, LOSSES, build_criterion
 from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 from utils.fileio import atomic_write, remove_stale_temp_files
-from utils.inference import AMP_DTYPES, autocast
 from utils.logger import JsonlWriter, plot_curves, setup_logging
 from utils.optim import OPTIMIZERS, build_optimizer, format_param_groups
 from utils.schedule import apply_lr, default_schp_start, sgdr_lr
 from utils.schp import bn_re_estimate, is_cycle_end, moving_average
-from utils.sync_bn import convert_sync_batchnorm
 
 logger = logging.getLogger("train")
 LOSS_PARTS = ("total", "seg", "edge", "cons")

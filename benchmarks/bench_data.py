@@ -44,10 +44,11 @@ from datasets.images import init_decode_worker  # noqa: E402
 from datasets.labels import LabelSet  # noqa: E402
 from datasets.lip import LIPDataset, collate_samples, read_label_png  # noqa: E402
 from datasets.transforms import generate_edge, normalize_batch  # noqa: E402
+from networks.contracts import DEFAULT_INPUT_SIZE  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ccp"
 SPLIT = "train"
-INPUT_SIZE = (512, 384)  # crop (H, W), the project's default
+INPUT_SIZE = DEFAULT_INPUT_SIZE  # crop (H, W)
 CLASSES_FILE = "classes.txt"  # "<index> <name>" per line (CCP)
 PROFILE_ROWS = 10  # costliest functions listed in the profile
 TARGET = 0.7  # loader / decode-only (issues 4 and 7)

@@ -35,11 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import extract  # noqa: E402
 from datasets.images import list_inputs, prepare_image, read_image_rgb  # noqa: E402
 from datasets.labels import load_label_config  # noqa: E402
+from inference.api import HumanParser  # noqa: E402
+from inference.predict import autocast  # noqa: E402
 from networks import MODELS, build_model  # noqa: E402
-from networks.api import HumanParser  # noqa: E402
+from networks.contracts import DEFAULT_INPUT_SIZE  # noqa: E402
 from utils import checkpoint as ckpt  # noqa: E402
 from utils.cli import hw_pair  # noqa: E402
-from utils.inference import autocast  # noqa: E402
 
 PRECISIONS = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}  # name -> --amp
 RUSAGE_WHO = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
@@ -77,7 +78,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--precisions", type=comma_list, default=["fp32", "bf16"], help="fp32, bf16, fp16."
     )
-    parser.add_argument("--input-size", type=hw_pair, default=(512, 384), help="Crop H,W.")
+    parser.add_argument("--input-size", type=hw_pair, default=DEFAULT_INPUT_SIZE, help="Crop H,W.")
     parser.add_argument("--batch-size", type=int, default=4, help="Photos per forward.")
     parser.add_argument(
         "--workers",

@@ -29,6 +29,7 @@ from benchmarks.bench_model import NUM_CLASSES, build_pair  # noqa: E402
 from datasets.labels import IGNORE_INDEX  # noqa: E402
 from datasets.transforms import generate_edge  # noqa: E402
 from networks import MODELS  # noqa: E402
+from networks.contracts import DEFAULT_INPUT_SIZE  # noqa: E402
 from utils.cli import hw_pair  # noqa: E402
 from utils.criterion import CE2PLoss  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
@@ -53,7 +54,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help=f"Comma-separated models to time, from {','.join(ARCHS)}.",
     )
     parser.add_argument("--batch-size", type=int, default=2, help="Images per step.")
-    parser.add_argument("--input-size", type=hw_pair, default=(512, 384), help="Crop H,W.")
+    parser.add_argument("--input-size", type=hw_pair, default=DEFAULT_INPUT_SIZE, help="Crop H,W.")
     parser.add_argument("--iters", type=int, default=3, help="Timed steps per model.")
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps per model first.")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default).")

@@ -129,7 +129,7 @@ class LabelSet:
         names: class names; class id = position.
         palette: (K, 3) uint8 colours; None gives the PASCAL-VOC bit colormap.
         flip_pairs: pairs of class ids that a horizontal flip swaps.
-        mask_rules: try-on mask rules for ``utils/masks.py`` (plain python types).
+        mask_rules: try-on mask rules for ``inference/masks.py`` (plain python types).
     """
 
     name: str
@@ -362,7 +362,9 @@ class _Parser:
         spaces = {}
         for space, space_names in names.items():
             if not isinstance(masks.get(space, {}), dict):
-                self.fail(f"masks.{space}", "expected a mapping of mask rules; see utils/masks.py")
+                self.fail(
+                    f"masks.{space}", "expected a mapping of mask rules; see inference/masks.py"
+                )
             try:
                 palette = _as_palette(palettes.get(space), len(space_names))
             except ValueError as err:

@@ -39,7 +39,7 @@ from datasets.transforms import (
     warp_image,
     warp_label,
 )
-from networks.parser import IMAGENET_RGB, InputSpec
+from networks.contracts import DEFAULT_INPUT_SIZE, IMAGENET_RGB, InputSpec
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class LIPDataset(Dataset):
         self,
         root: str | Path,
         split: str = "train",
-        input_size: tuple[int, int] = (512, 384),
+        input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
         input_spec: InputSpec = IMAGENET_RGB,
         label_set: LabelSet | None = None,
         label_lut: np.ndarray | None = None,

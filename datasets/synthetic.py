@@ -10,11 +10,10 @@ Two outputs, both deterministic from the seed (image ``i`` depends only on ``(se
   index in RGB channel 2), some ids without segm, DensePose that misses some limbs so that skin
   lies both near and far (> 10 px) from DensePose coverage.
 
-    python -m datasets.synthetic --kind lip --out data/synthetic_lip --num-train 200 --num-val 50
-    python -m datasets.synthetic --kind deepfashion --out data/DeepFashion_Multi --num-train 80
+    python make_synthetic.py --kind lip --out data/synthetic_lip --num-train 200 --num-val 50
+    python make_synthetic.py --kind deepfashion --out data/DeepFashion_Multi --num-train 80
 """
 
-import argparse
 from pathlib import Path
 
 import cv2
@@ -23,7 +22,6 @@ from PIL import Image
 
 from datasets.dolls import render_doll
 from datasets.labels import LUT_SIZE, voc_palette
-from utils.cli import hw_pair
 
 LIP_SIZE = (256, 192)  # default (H, W) of LIP dolls; each image varies around it
 DF_SIZE = (1101, 750)  # DeepFashion-MultiModal images are 750 wide, 1101 high
@@ -117,46 +115,3 @@ def make_deepfashion_dataset(
         segm.save(out / "segm" / f"{name}_segm.png")
         with_segm.append(name)
     return with_segm
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Generate synthetic paper-doll datasets (LIP layout or raw DeepFashion).",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--kind",
-        choices=["lip", "deepfashion"],
-        default="lip",
-        help="Which dataset to write: LIP layout or raw DeepFashion-MultiModal.",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="Output folder (created).")
-    parser.add_argument(
-        "--num-train",
-        type=int,
-        default=200,
-        help="Training images (deepfashion: ids = num-train + num-val).",
-    )
-    parser.add_argument("--num-val", type=int, default=50, help="Validation images.")
-    parser.add_argument(
-        "--size",
-        type=hw_pair,
-        default=None,
-        help="Image size H,W (default: 256,192 for lip, 1101,750 for deepfashion).",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Random seed; same seed, same files.")
-    return parser
-
-
-def main(args: argparse.Namespace) -> None:
-    if args.kind == "lip":
-        make_lip_dataset(args.out, args.num_train, args.num_val, args.size or LIP_SIZE, args.seed)
-    else:
-        make_deepfashion_dataset(
-            args.out, args.num_train + args.num_val, args.seed, args.size or DF_SIZE
-        )
-
-
-if __name__ == "__main__":
-    main(get_args_parser().parse_args())

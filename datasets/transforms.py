@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from datasets.labels import IGNORE_INDEX, LabelSet
-from networks.parser import InputSpec
+from networks.contracts import InputSpec
 
 EDGE_WIDTH = 3  # edge targets are dilated with an EDGE_WIDTH x EDGE_WIDTH box (SCHP: 3)
 SCALE_FACTOR = 0.25  # scale jitter: s *= clip(1 + N(0,1) * f, 1 - f, 1 + f) -> 0.75..1.25

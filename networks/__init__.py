@@ -8,15 +8,10 @@ from collections.abc import Callable
 
 from torch import nn
 
+from networks.contracts import HEADS, IMAGENET_RGB, SCHP_BGR, InputSpec, ParsingOutput
 from networks.mit import DEFAULT_DROP_PATH_RATE
-from networks.parser import (
-    HEADS,
-    IMAGENET_RGB,
-    SCHP_BGR,
-    InputSpec,
-    ParsingOutput,
-    SegFormerParser,
-)
+from networks.parser import SegFormerParser
+from networks.resnet import resnet101 as build_resnet101
 
 __all__ = [
     "HEADS",
@@ -98,8 +93,6 @@ def segformer_mit_b5(num_classes: int, **kw) -> SegFormerParser:
 
 def resnet101(num_classes: int, **kw) -> nn.Module:
     """Original SCHP AugmentCE2P with a ResNet-101 backbone (BGR input, `SCHP_BGR`)."""
-    from networks.resnet import resnet101 as build_resnet101
-
     return build_resnet101(num_classes, **kw)
 
 
@@ -138,12 +131,3 @@ def build_model(arch: str, num_classes: int, heads: str = "full", **kw) -> nn.Mo
 def model_heads(model: nn.Module) -> str:
     """The `heads` option a model was built with ("full" for models without the option)."""
     return getattr(model, "heads", "full")
-
-
-def __getattr__(name: str):
-    """`from networks import HumanParser` without importing the data stack with the models."""
-    if name == "HumanParser":
-        from networks.api import HumanParser
-
-        return HumanParser
-    raise AttributeError(f"module 'networks' has no attribute {name!r}")

@@ -28,46 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-LEAKY_SLOPE = 0.01  # InPlace-ABN's default activation
+from networks.norm import BatchNormAct2d, update_running_stats
+
 HEAD_DROPOUT = 0.1
 EDGE_MID_CHANNELS = 256
 EDGE_CLASSES = 2
 FUSION_CHANNELS = 256
-
-
-class BatchNormAct2d(nn.BatchNorm2d):
-    """BatchNorm2d followed by LeakyReLU(0.01) in one module (InPlace-ABN replacement).
-
-    Args:
-        num_features: channels C of the (N, C, H, W) input.
-        activation: "leaky_relu" (default) or None for plain BatchNorm.
-        slope: negative slope of the LeakyReLU.
-    """
-
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float = 0.1,
-        activation: str | None = "leaky_relu",
-        slope: float = LEAKY_SLOPE,
-    ) -> None:
-        super().__init__(num_features, eps=eps, momentum=momentum)
-        if activation not in ("leaky_relu", None):
-            raise ValueError(
-                f"networks/heads.py: unknown activation {activation!r}; use 'leaky_relu' or None"
-            )
-        self.activation = activation
-        self.slope = slope
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = super().forward(x)
-        if self.activation is None:
-            return x
-        return F.leaky_relu(x, self.slope, inplace=True)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, activation={self.activation}, slope={self.slope}"
 
 
 def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -190,7 +156,7 @@ def conv_bn_act(x: Tensor, weight: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     path. Statistics in float32 or wider (also under autocast); running statistics as
     BatchNorm2d updates them (unbiased variance, momentum or cumulative average). Eval mode is
     `fold_sum` with the running statistics, and so is a BatchNorm subclass with its own forward
-    (`utils.sync_bn.SyncBatchNormAct2d` reduces its statistics over processes).
+    (`networks.norm.SyncBatchNormAct2d` reduces its statistics over processes).
     """
     exact_type = type(bn) in (nn.BatchNorm2d, BatchNormAct2d)
     cheap = weight.shape[1] <= weight.shape[0]  # the covariance costs Cin² per pixel
@@ -219,22 +185,6 @@ def conv_bn_act(x: Tensor, weight: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     out = torch.addmm(shift.to(rows.dtype), rows, (weight * scale[:, None].to(weight.dtype)).T)
     out = _bn_activation(bn, out)
     return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
-
-
-def update_running_stats(
-    bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int | Tensor
-) -> None:
-    """BatchNorm2d's update of the running mean and (unbiased) variance from the batch mean and
-    biased variance of `count` values per channel (a tensor keeps it on the device)."""
-    with torch.no_grad():
-        bn.num_batches_tracked.add_(1)
-        momentum = bn.momentum
-        if momentum is None:  # cumulative moving average
-            momentum = 1.0 / float(bn.num_batches_tracked)
-        count = torch.as_tensor(count, dtype=var.dtype, device=var.device)
-        unbiased = var * (count / (count - 1).clamp(min=1))
-        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
-        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
 
 
 def tap_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:

@@ -1,43 +1,10 @@
-"""SegFormer human parser: MiT backbone + all-MLP decoder + CE2P edge and fusion heads.
-
-Also holds the model-level contracts shared by every architecture: `ParsingOutput` (what a
-parser returns) and `InputSpec` (what it expects as input).
-"""
-
-from dataclasses import dataclass
-from typing import NamedTuple
+"""SegFormer human parser: MiT backbone + all-MLP decoder + CE2P edge and fusion heads."""
 
 from torch import Tensor, nn
 
+from networks.contracts import HEADS, IMAGENET_RGB, ParsingOutput
 from networks.heads import EdgeModule, MLPDecoder, build_fusion_head
 from networks.mit import MixVisionTransformer
-
-
-class ParsingOutput(NamedTuple):
-    """Logits at stride 4: (N, K, ceil(H/4), ceil(W/4)); `edge` has 2 channels.
-
-    Inference uses `fusion`; training uses all three. A model built with `heads="plain"` has no
-    edge or fusion branch: its `fusion` is its `parsing` tensor and its `edge` is None.
-    """
-
-    parsing: Tensor
-    fusion: Tensor
-    edge: Tensor | None
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """Input normalisation of a model; `mean`/`std` are given in `colour` channel order."""
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    colour: str  # "RGB" or "BGR"
-
-
-IMAGENET_RGB = InputSpec((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "RGB")
-SCHP_BGR = InputSpec((0.406, 0.456, 0.485), (0.225, 0.224, 0.229), "BGR")
-
-HEADS = ("full", "plain")  # CE2P edge + fusion heads, or the bare SegFormer decoder (ablation)
 
 
 class SegFormerParser(nn.Module):

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from networks.heads import BatchNormAct2d, EdgeModule, build_fusion_head
-from networks.parser import SCHP_BGR, ParsingOutput
+from networks.contracts import SCHP_BGR, ParsingOutput
+from networks.heads import EdgeModule, build_fusion_head
+from networks.norm import BatchNormAct2d
 
 RESNET101_LAYERS = (3, 4, 23, 3)
 EXPANSION = 4  # bottleneck output channels / planes

@@ -169,6 +169,14 @@ def _state_dict_of(obj: object, name: str) -> dict[str, Tensor]:
     return {k.removeprefix(DATA_PARALLEL_PREFIX): v for k, v in obj.items()}
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """Read a whole checkpoint dict safely (weights_only); `WeightsError` names file and fix."""
+    state = _read(path)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a weights file safely; every failure is one `WeightsError` line with the fix."""
     return _state_dict_of(_read(path), str(path))
@@ -426,9 +434,14 @@ def detect_format(state_or_path: str | Path | Mapping, name: str | None = None) 
     )
 
 
-def load_weights(model: nn.Module, path: str | Path | Mapping, strict: bool = True) -> LoadReport:
-    """Detect the format of `path` and load it (the file is read once)."""
-    name, obj = _resolve(path, None)
+def load_weights(
+    model: nn.Module, path: str | Path | Mapping, strict: bool = True, name: str | None = None
+) -> LoadReport:
+    """Detect the format of `path` and load it (the file is read once).
+
+    `path` may be a dict already read (`read_checkpoint`); `name` then names it in errors.
+    """
+    name, obj = _resolve(path, name)
     return _load(model, obj, detect_format(obj, name), strict, name)
 
 

@@ -22,7 +22,7 @@ fi
 SCHP_START=$((EPOCHS - 1))
 
 echo "== 1/4 synthetic paper dolls -> $OUT/data"
-"$PY" -m datasets.synthetic --kind lip --out "$OUT/data" \
+"$PY" make_synthetic.py --kind lip --out "$OUT/data" \
   --num-train "$NUM_TRAIN" --num-val "$NUM_VAL" --size "$SIZE" --seed 0
 
 echo "== 2/4 train segformer_mit_b0 (CE2P + 1 SCHP cycle) -> $OUT/train"

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import evaluate
 import train
 from datasets.labels import load_label_config
-from networks import HumanParser, ParsingOutput, build_model
+from inference import HumanParser
+from networks import ParsingOutput, build_model
 from utils import checkpoint as ckpt
 from utils.criterion import CE2PLoss, CELoss, build_criterion
 from utils.optim import build_optimizer
@@ -85,7 +86,7 @@ def test_plain_checkpoint_round_trips_through_evaluate_and_human_parser(plain_mo
     assert "heads" not in full_record  # default checkpoints are unchanged
     path = ckpt.save_checkpoint(record, tmp_path / "plain.pth.tar")
     args = evaluate.get_args_parser().parse_args(["--model-restore", str(path)])
-    loaded, loaded_set, _ = evaluate.load_model_for_eval(args)
+    loaded, loaded_set = evaluate.load_model_for_eval(args)[:2]
     assert loaded.heads == "plain" and loaded_set.names == label_set.names
     x = torch.randn(1, 3, HEIGHT, WIDTH)
     with torch.no_grad():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from datasets.labels import IGNORE_INDEX
 from datasets.transforms import generate_edge
 from networks import build_model
-from networks.parser import ParsingOutput
+from networks.contracts import ParsingOutput
 from utils.criterion import CE2PLoss, edge_class_weights, parsing_edge_map, soft_target
 from utils.lovasz import lovasz_softmax
 

@@ -1,5 +1,5 @@
 """evaluate.py end to end on real samples (CCP coarse labels, LIP with an original SCHP
-checkpoint), its argument checks, and test-time flip / multi-scale in utils.inference."""
+checkpoint), its argument checks, and test-time flip / multi-scale in inference.predict."""
 
 import json
 import subprocess
@@ -17,10 +17,10 @@ import evaluate
 from datasets.labels import load_label_config
 from datasets.synthetic import make_lip_dataset
 from datasets.transforms import logits_to_original
+from inference.predict import LOGIT_STRIDE, argmax_labels, predict_logits
 from networks import ParsingOutput, build_model
 from networks.weights import load_weights
 from utils import checkpoint as ckpt
-from utils.inference import LOGIT_STRIDE, argmax_labels, predict_logits
 
 REPO = Path(__file__).resolve().parents[1]
 CCP_MAP = REPO / "mappings" / "ccp_map.yaml"

@@ -14,8 +14,8 @@ from PIL import Image
 import extract
 from datasets.dolls import render_doll
 from datasets.labels import load_label_config
+from inference.api import HumanParser
 from networks import build_model
-from networks.api import HumanParser
 from utils import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]

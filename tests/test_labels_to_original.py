@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets.transforms import logits_to_original
-from utils.inference import labels_to_original
+from inference.predict import labels_to_original
 
 
 def blocky_logits(seed: int, n: int = 2, c: int = 7, h: int = 40, w: int = 30) -> torch.Tensor:

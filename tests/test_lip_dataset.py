@@ -11,7 +11,7 @@ from PIL import Image
 from datasets.labels import IGNORE_INDEX, LabelSet
 from datasets.lip import LIPDataset, check_samples, collate_samples, data_error_line
 from datasets.transforms import logits_to_original
-from networks.parser import IMAGENET_RGB, SCHP_BGR
+from networks.contracts import IMAGENET_RGB, SCHP_BGR
 
 CROP = (128, 96)  # (H, W): small crops keep the tests fast
 LIP_NAMES = (

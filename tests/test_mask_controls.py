@@ -1,4 +1,4 @@
-"""Mask controls (utils.masks.MaskControls; extract.py --dilate/--hull/--feather/--protect):
+"""Mask controls (inference.masks.MaskControls; extract.py --dilate/--hull/--feather/--protect):
 dilation grows and contains, protected classes are never painted, feather stays in its width."""
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from datasets.labels import load_label_config
-from utils.masks import MaskControls, build_mask
+from inference.masks import MaskControls, build_mask
 
 LIP_MAP = Path(__file__).resolve().parents[1] / "mappings" / "lip_map.yaml"
 MERGED = load_label_config(LIP_MAP).target  # Bkg, Upper-Face, Face, Arm, Leg, Upper-clothes, ...

@@ -1,4 +1,4 @@
-"""utils/masks.py on a rectangle doll drawn in each label set with known geometry.
+"""inference/masks.py on a rectangle doll drawn in each label set with known geometry.
 
 The doll (512 x 320, facing the camera): hair, face, a top (shoulder bar + torso, with a 40 px
 armpit gap to each arm), bare arms, hands, a bottom, bare legs, bare feet and shoes. Each label
@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from datasets.labels import LabelSet, load_label_config
-from utils.masks import (
+from inference.masks import (
     DEFAULT_RULES_PATH,
     KINDS,
     MaskRules,

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from networks import IMAGENET_RGB, MODELS, SCHP_BGR, ParsingOutput, build_model
-from networks.heads import BatchNormAct2d
 from networks.mit import MixVisionTransformer
+from networks.norm import BatchNormAct2d
 
 NUM_CLASSES = 5
 SHAPES = [(2, 64, 48), (2, 65, 47)]  # (N, H, W): a multiple of 32 and an odd size; N > 1 for BN

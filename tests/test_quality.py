@@ -14,7 +14,7 @@ from test_extract import _extract, checkpoint, photos  # noqa: F401  (fixtures)
 
 import extract
 from datasets.labels import load_label_config
-from utils.quality import photo_cells, quality_record, worst_first
+from inference.quality import photo_cells, quality_record, worst_first
 
 LIP_MAP = Path(__file__).resolve().parents[1] / "mappings" / "lip_map.yaml"
 MERGED = load_label_config(LIP_MAP).target
@@ -111,8 +111,8 @@ def test_stale_temporaries_of_a_killed_run_are_removed_at_start(checkpoint, phot
 
 
 def test_api_masks_take_the_same_controls_as_the_cli(checkpoint, photos):  # noqa: F811
-    from networks.api import HumanParser
-    from utils.masks import MaskControls, build_mask
+    from inference.api import HumanParser
+    from inference.masks import MaskControls, build_mask
 
     parser = HumanParser.from_checkpoint(checkpoint, device="cpu")
     image = np.asarray(Image.open(photos / "doll_wide.jpg").convert("RGB"))
@@ -155,7 +155,7 @@ def test_undecodable_video_is_one_line_and_writes_nothing(checkpoint, tmp_path):
 
 
 def test_api_reads_16_bit_and_exif_rotated_photos_as_extract_does(checkpoint, tmp_path):  # noqa: F811
-    from networks.api import HumanParser, _as_rgb
+    from inference.api import HumanParser, _as_rgb
 
     grey16 = (np.linspace(0, 65535, 40 * 30).reshape(40, 30)).astype(np.uint16)
     image16 = Image.fromarray(grey16)  # mode I;16
@@ -186,7 +186,7 @@ def test_api_reads_16_bit_and_exif_rotated_photos_as_extract_does(checkpoint, tm
     ],
 )
 def test_api_degenerate_inputs_raise_one_clear_value_error(checkpoint, call, message):  # noqa: F811
-    from networks.api import HumanParser
+    from inference.api import HumanParser
 
     parser = HumanParser.from_checkpoint(checkpoint, device="cpu")
     with pytest.raises(ValueError, match=message):

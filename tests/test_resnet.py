@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from networks import SCHP_BGR, ParsingOutput, build_model
-from networks.heads import BatchNormAct2d
+from networks.norm import BatchNormAct2d
 
 NUM_CLASSES = 7  # Pascal-Person-Part
 

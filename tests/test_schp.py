@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from networks.heads import BatchNormAct2d
+from networks.norm import BatchNormAct2d
 from utils.schp import bn_re_estimate, is_cycle_end, moving_average
 
 CHANNELS = 3

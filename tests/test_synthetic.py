@@ -13,11 +13,10 @@ from datasets.dolls import Lip
 from datasets.synthetic import (
     DF_SIZE,
     deepfashion_id,
-    get_args_parser,
-    main,
     make_deepfashion_dataset,
     make_lip_dataset,
 )
+from make_synthetic import get_args_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_LIP_CLASSES = 20
@@ -96,7 +95,7 @@ def test_cli_writes_both_kinds(tmp_path: Path) -> None:
     argv = ["--out", str(tmp_path / "lip"), "--num-train", "2", "--num-val", "1"]
     main(get_args_parser().parse_args([*argv, "--size", "64,48"]))
     assert len((tmp_path / "lip" / "val_id.txt").read_text().split()) == 1
-    command = [sys.executable, "-m", "datasets.synthetic", "--kind", "deepfashion", "--size"]
+    command = [sys.executable, "make_synthetic.py", "--kind", "deepfashion", "--size"]
     command += ["80,56", "--out", str(tmp_path / "df"), "--num-train", "4", "--num-val", "1"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

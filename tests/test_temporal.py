@@ -1,4 +1,4 @@
-"""Temporal smoothing (utils/temporal.py, extract.py --smooth): less flicker, same accuracy,
+"""Temporal smoothing (inference/temporal.py, extract.py --smooth): less flicker, same accuracy,
 restarts at scene cuts; the extractor reports the flicker with and without it."""
 
 import argparse
@@ -12,7 +12,7 @@ from test_extract import _extract, checkpoint  # noqa: F401  (module fixture)
 
 import extract
 from datasets.dolls import render_doll
-from utils.temporal import FlickerMeter, TemporalSmoother, smooth_alpha
+from inference.temporal import FlickerMeter, TemporalSmoother, smooth_alpha
 
 CLASSES, H, W, FRAMES = 5, 64, 48, 24
 

@@ -22,7 +22,7 @@ from datasets.transforms import (
     warp_image,
     warp_label,
 )
-from networks.parser import IMAGENET_RGB, SCHP_BGR, InputSpec
+from networks.contracts import IMAGENET_RGB, SCHP_BGR, InputSpec
 
 CROP = (128, 96)  # (H, W)
 X = IGNORE_INDEX

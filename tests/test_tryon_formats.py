@@ -3,7 +3,7 @@
 Every check reads the written files the way that model's own dataset code does (PIL, as in
 shadow2496/VITON-HD datasets.py, sangyun884/HR-VITON cp_dataset.py, aimagelab/dress-code and
 zhengchong/CatVTON), with the expected label tables written out here from those sources rather
-than taken from utils/tryon_formats.py, and compares them with the same checkpoint's
+than taken from inference/tryon_formats.py, and compares them with the same checkpoint's
 default-format outputs (parsing/<name>.png, masks/<kind>/<name>.png).
 """
 
@@ -20,9 +20,9 @@ from test_extract import _extract
 import extract
 from datasets.dolls import render_doll
 from datasets.labels import load_label_config
+from inference.tryon_formats import load_format
 from networks import build_model
 from utils import checkpoint as ckpt
-from utils.tryon_formats import load_format
 
 REPO = Path(__file__).resolve().parents[1]
 LIP_MAP = REPO / "mappings" / "lip_map.yaml"

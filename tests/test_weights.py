@@ -421,5 +421,5 @@ def test_legacy_format_file_safe_loading_cannot_read_is_named_with_the_fix(tmp_p
     message = str(err.value)
     assert message.startswith(f"{legacy}: a legacy-format PyTorch file") and CORRUPT not in message
     assert "torch.save(torch.load(f, weights_only=False), f2)" in message
-    with pytest.raises(SystemExit, match=re.escape(message)):
+    with pytest.raises(W.WeightsError, match=re.escape(message)):
         ckpt.read_checkpoint(legacy)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from networks.weights import check_finite, legacy_format_line, safe_torch_load
+from networks.weights import check_finite, read_checkpoint
 from utils.fileio import atomic_write
 
 LATEST_NAME = "checkpoint.pth.tar"
@@ -77,24 +77,6 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a whole checkpoint dict (weights_only); one clear error line for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise SystemExit(f"{path}: file not found; check the path")
-    try:
-        state = safe_torch_load(path)
-    except Exception as err:  # truncated, random bytes, foreign pickles: all user errors here
-        raise SystemExit(
-            legacy_format_line(path, err)
-            or f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}); "
-            "point at a .pth/.pth.tar file written by train.py"
-        ) from None
-    if not isinstance(state, dict):
-        raise SystemExit(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
-    return state
-
-
 def train_state(
     model: nn.Module,
     teacher: nn.Module,
@@ -130,7 +112,7 @@ def load_train_state(
         ValueError: the file is not a train.py checkpoint.pth.tar, holds NaN or Inf weights or
             does not fit the model or optimizer (another arch, class count or --optimizer).
     """
-    state = read_checkpoint(path)
+    state = read_checkpoint(path)  # WeightsError (a ValueError) for unreadable files
     if "optimizer" not in state or "teacher_state_dict" not in state:
         raise ValueError(
             f"{path}: not a train.py checkpoint.pth.tar (no optimizer/teacher state); resume "

@@ -11,6 +11,10 @@ import math
 import os
 from pathlib import Path
 
+from datasets.labels import load_label_config
+from networks import MODELS
+from networks.contracts import DEFAULT_INPUT_SIZE, MIN_INPUT_SIDE
+
 AMP_CHOICES = ("off", "bf16", "fp16")
 
 
@@ -20,8 +24,10 @@ def hw_pair(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected H,W such as 512,384, got {text!r}") from None
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError(f"input size {h},{w} is too small (minimum 32,32)")
+    if min(h, w) < MIN_INPUT_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"input size {h},{w} is too small (minimum {MIN_INPUT_SIDE},{MIN_INPUT_SIDE})"
+        )
     return h, w
 
 
@@ -95,8 +101,6 @@ def optional_path(text: str) -> str | None:
 
 def common_parser(arch_default: str | None, batch_size_default: int) -> argparse.ArgumentParser:
     """Model, data, label-map and runtime flags that every script shares."""
-    from networks import MODELS
-
     parser = argparse.ArgumentParser(add_help=False)
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -136,7 +140,7 @@ def common_parser(arch_default: str | None, batch_size_default: int) -> argparse
         "--input_size",
         dest="input_size",
         type=hw_pair,
-        default=(512, 384),
+        default=DEFAULT_INPUT_SIZE,
         help="Crop size H,W fed to the network.",
     )
     data.add_argument(
@@ -227,8 +231,6 @@ def resolve_labels(args: argparse.Namespace, label_set=None):
     `<data-dir>/label_set.yaml` (written by preprocess_deepfashion), --lip-map-cfg. With
     --do-mapping the raw labels are mapped into the YAML's target set (LIP 20 -> merged 9).
     """
-    from datasets.labels import load_label_config
-
     path = args.label_set
     if path is None:
         candidate = Path(args.data_dir) / "label_set.yaml"

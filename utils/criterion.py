@@ -36,8 +36,6 @@ Decisions (see the issue and `reference/schp_original_facts.md` §2):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,10 +43,8 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 
 from datasets.labels import IGNORE_INDEX
 from datasets.transforms import EDGE_WIDTH
+from networks.contracts import ParsingOutput
 from utils.lovasz import lovasz_softmax
-
-if TYPE_CHECKING:  # only for annotations: the loss reads any (parsing, fusion, edge) tuple
-    from networks.parser import ParsingOutput
 
 SEG_HALF = 0.5  # Lovász and CE/KL share the segmentation weight equally (CE2P)
 SMOOTH_L1_BETA = 1.0

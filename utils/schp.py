@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from datasets.transforms import normalize_batch
-from networks.parser import InputSpec
+from networks.contracts import InputSpec
 
 logger = logging.getLogger(__name__)
 

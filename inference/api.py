@@ -1,6 +1,6 @@
 """Python API for try-on pipelines: parse photos and build try-on masks.
 
-from networks.api import HumanParser
+from inference.api import HumanParser
 parser = HumanParser.from_checkpoint("log/run/best.pth.tar", device="cuda")
 labels = parser.parse(image)            # (H, W) uint8 class ids at the photo's size
 mask = parser.masks(image, "upper")     # (H, W) uint8, 0 or 255
@@ -22,13 +22,15 @@ from torch import nn
 from datasets.images import prepare_image
 from datasets.labels import LabelSet
 from datasets.transforms import MIN_IMAGE_SIDE, logits_to_original
-from networks.weights import WeightsError, load_weights
+from inference.masks import MaskControls, build_mask
+from inference.predict import labels_to_original, predict_logits
+from networks import build_model
+from networks.contracts import DEFAULT_INPUT_SIZE, MIN_INPUT_SIDE
+from networks.weights import WeightsError, load_weights, read_checkpoint
 from utils.distributed import resolve_device
-from utils.inference import labels_to_original, predict_logits
 
 RGB_CHANNELS = (3, 4)  # RGB, or RGBA whose alpha is dropped
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")  # PIL's 16-bit greyscale modes
-MIN_INPUT_SIDE = 32  # px: the smallest crop side the network takes (stride-32 last stage)
 
 
 def _as_rgb(image) -> np.ndarray:
@@ -75,7 +77,7 @@ class HumanParser:
         self,
         model: nn.Module,
         label_set: LabelSet,
-        input_size: tuple[int, int] = (512, 384),
+        input_size: tuple[int, int] = DEFAULT_INPUT_SIZE,
         device: str | torch.device = "cpu",
         amp: str = "off",
         flip: bool = False,
@@ -106,15 +108,9 @@ class HumanParser:
         Keyword arguments go to `HumanParser` (`input_size` overrides the training crop).
         Raises FileNotFoundError or ValueError with a message naming the file and the fix.
         """
-        from networks import build_model
-        from utils.checkpoint import read_checkpoint
-
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such checkpoint; check the path")
-        try:
-            state = read_checkpoint(path)
-        except SystemExit as err:  # the script-side reader reports bad files as one line
-            raise ValueError(str(err)) from None
+        state = read_checkpoint(path)  # WeightsError (a ValueError) names the file and fix
         if "arch" not in state or not state.get("label_set"):
             raise ValueError(
                 f"{path}: no arch/label set inside (not written by train.py); "
@@ -205,7 +201,5 @@ class HumanParser:
                 painted (on top of the rules' face/hands/feet). Defaults follow
                 mappings/tryon_masks.yaml, as extract.py's --dilate/--hull/--feather/--protect.
         """
-        from utils.masks import MaskControls, build_mask
-
         controls = MaskControls(dilate=dilate, hull=hull, feather=feather, protect=tuple(protect))
         return build_mask(self.parse(image), self.label_set, kind, controls=controls)

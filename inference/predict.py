@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasets.transforms import inverse_theta, logits_to_original
+from networks.contracts import MIN_INPUT_SIDE
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LOGIT_STRIDE = 4  # ParsingOutput logits are N x C x ceil(H/4) x ceil(W/4)
-MIN_SCALED_SIDE = 32  # a multi-scale crop side never shrinks below this
 
 
 def autocast(device: torch.device, amp: str):
@@ -78,7 +78,7 @@ def predict_logits(
     for scale in scales:
         batch = images
         if scale != 1.0:
-            scaled = tuple(max(MIN_SCALED_SIDE, round(side * scale)) for side in (h, w))
+            scaled = tuple(max(MIN_INPUT_SIDE, round(side * scale)) for side in (h, w))
             batch = F.interpolate(images, size=scaled, mode="bilinear", align_corners=True)
         if flip_permutation is not None:
             batch = torch.cat([batch, batch.flip(-1)])  # (2N, 3, h', w')

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from networks.api import HumanParser
+from inference.api import HumanParser
+from inference.masks import MaskControls, build_mask, get_mask_rules
+from inference.predict import argmax_labels
+from inference.quality import confidence, photo_cells, quality_record
+from inference.report import OVERLAY_ALPHA, Manifest, contact_row, write_contact_row, write_report
+from inference.tryon_formats import DEFAULT_FORMAT, load_format
 from utils.fileio import atomic_write
-from utils.inference import argmax_labels
-from utils.masks import MaskControls, build_mask, get_mask_rules
-from utils.quality import confidence, photo_cells, quality_record
-from utils.report import OVERLAY_ALPHA, Manifest, contact_row, write_contact_row, write_report
-from utils.tryon_formats import DEFAULT_FORMAT, load_format
 
 PNG_COMPRESS_LEVEL = 1  # zlib level of label PNGs: label maps stay small, encoding stays cheap
 PHOTO_JPEG_QUALITY = 95  # photos that cannot be copied as they are (not JPEG, EXIF-rotated)

@@ -1,4 +1,4 @@
-"""utils/sync_bn.py: conversion keeps BatchNormAct2d's LeakyReLU; two gloo processes = one batch."""
+"""networks/norm.py: conversion keeps BatchNormAct2d's LeakyReLU; two gloo processes = one batch."""
 
 import json
 import os
@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from networks import build_model
-from networks.heads import BatchNormAct2d
-from utils.sync_bn import SyncBatchNormAct2d, convert_sync_batchnorm
+from networks.norm import BatchNormAct2d, SyncBatchNormAct2d, convert_sync_batchnorm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
@@ -41,8 +40,8 @@ def test_sync_batchnorm_conversion_keeps_the_activation_and_the_outputs():
 SYNC_SCRIPT = """
 import copy, json, sys
 import torch, torch.distributed as dist
-from networks.heads import BatchNormAct2d
-from utils.sync_bn import convert_sync_batchnorm
+from networks.norm import BatchNormAct2d
+from networks.norm import convert_sync_batchnorm
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(0)

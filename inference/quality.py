@@ -15,7 +15,7 @@ import torch
 
 from datasets.labels import IGNORE_INDEX, LabelSet
 from datasets.transforms import get_affine_transform
-from utils.inference import LOGIT_STRIDE
+from inference.predict import LOGIT_STRIDE
 
 NO_PERSON_SHARE = 0.005  # person pixels below this share of the photo: flag `no_person`
 LOW_CONFIDENCE = 0.6  # mean top-class probability below this: flag `low_confidence`

@@ -17,8 +17,8 @@ from urllib.parse import quote
 import cv2
 import numpy as np
 
+from inference.quality import worst_first
 from utils.fileio import atomic_write
-from utils.quality import worst_first
 
 THUMB_HEIGHT = 160  # px of each panel of a report row
 OVERLAY_ALPHA = 0.5

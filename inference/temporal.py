@@ -17,7 +17,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from utils.quality import photo_cells
+from inference.quality import photo_cells
 
 THUMB_HW = (24, 32)  # thumbnail of the normalised crop compared for scene cuts
 SCENE_CUT_DIFF = 0.5  # mean |difference| of two thumbnails (normalised units, ~29 grey levels)

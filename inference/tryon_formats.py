@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from datasets.labels import IGNORE_INDEX, LabelSet, voc_palette
-from utils.masks import LUT_SIZE, _name_index, _normalise
+from inference.masks import LUT_SIZE, _name_index, _normalise
 
 FORMATS_PATH = Path(__file__).resolve().parents[1] / "mappings" / "tryon_formats.yaml"
 DEFAULT_FORMAT = "default"  # extract.py's own layout: parsing/, masks/<kind>/, overlay/

@@ -1,4 +1,7 @@
-"""Synchronised BatchNorm that keeps BatchNormAct2d's activation (used only when distributed).
+"""Normalisation: BatchNormAct2d (InPlace-ABN's BatchNorm + LeakyReLU), BatchNorm2d's running-stat
+update (`update_running_stats`, shared by the fused kernels) and its synchronised twin.
+
+Synchronised BatchNorm that keeps BatchNormAct2d's activation (used only when distributed):
 
 `nn.SyncBatchNorm.convert_sync_batchnorm` would turn BatchNormAct2d into a plain SyncBatchNorm and
 silently drop its LeakyReLU, and `nn.SyncBatchNorm` runs on CUDA only (DistributedDataParallel
@@ -20,7 +23,58 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from networks.heads import LEAKY_SLOPE, BatchNormAct2d, update_running_stats
+LEAKY_SLOPE = 0.01  # InPlace-ABN's default activation
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """BatchNorm2d followed by LeakyReLU(0.01) in one module (InPlace-ABN replacement).
+
+    Args:
+        num_features: channels C of the (N, C, H, W) input.
+        activation: "leaky_relu" (default) or None for plain BatchNorm.
+        slope: negative slope of the LeakyReLU.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        activation: str | None = "leaky_relu",
+        slope: float = LEAKY_SLOPE,
+    ) -> None:
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        if activation not in ("leaky_relu", None):
+            raise ValueError(
+                f"networks/norm.py: unknown activation {activation!r}; use 'leaky_relu' or None"
+            )
+        self.activation = activation
+        self.slope = slope
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = super().forward(x)
+        if self.activation is None:
+            return x
+        return F.leaky_relu(x, self.slope, inplace=True)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation}, slope={self.slope}"
+
+
+def update_running_stats(
+    bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int | Tensor
+) -> None:
+    """BatchNorm2d's update of the running mean and (unbiased) variance from the batch mean and
+    biased variance of `count` values per channel (a tensor keeps it on the device)."""
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        momentum = bn.momentum
+        if momentum is None:  # cumulative moving average
+            momentum = 1.0 / float(bn.num_batches_tracked)
+        count = torch.as_tensor(count, dtype=var.dtype, device=var.device)
+        unbiased = var * (count / (count - 1).clamp(min=1))
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
 
 
 class _AllReduceSum(torch.autograd.Function):
