@@ -9,6 +9,7 @@ from collections.abc import Callable
 from torch import nn
 
 from networks.contracts import HEADS, IMAGENET_RGB, SCHP_BGR, InputSpec, ParsingOutput
+from networks.heads import fuse_heads
 from networks.mit import DEFAULT_DROP_PATH_RATE
 from networks.parser import SegFormerParser
 from networks.resnet import resnet101 as build_resnet101
@@ -21,6 +22,7 @@ __all__ = [
     "InputSpec",
     "ParsingOutput",
     "build_model",
+    "fuse_heads",
     "model_heads",
 ]
 
@@ -107,7 +109,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(arch: str, num_classes: int, heads: str = "full", **kw) -> nn.Module:
+def build_model(
+    arch: str, num_classes: int, heads: str = "full", fused: bool = True, **kw
+) -> nn.Module:
     """Build a registered parser; every model returns `ParsingOutput` and has `input_spec`.
 
     Args:
@@ -115,17 +119,18 @@ def build_model(arch: str, num_classes: int, heads: str = "full", **kw) -> nn.Mo
         num_classes: K, parsing classes.
         heads: "full" (CE2P edge + fusion heads) or "plain" (SegFormer models only: no edge or
             fusion head; `fusion` is the parsing output and `edge` is None).
+        fused: run the heads with the fused kernels (`fuse_heads`; same numbers, faster) or,
+            False, as the plain modules they hold (the reference).
         **kw: builder options (SegFormer: drop_path_rate, ln_eps, decoder_dim).
     """
     if arch not in MODELS:
         raise ValueError(f"networks: unknown arch {arch!r}; choose one of {sorted(MODELS)}")
     if heads not in HEADS:
         raise ValueError(f"networks: unknown heads {heads!r}; choose one of {HEADS}")
-    if heads == "full":
-        return MODELS[arch](num_classes, **kw)
-    if not arch.startswith("segformer_"):
+    if heads != "full" and not arch.startswith("segformer_"):
         raise ValueError(f"networks: heads={heads!r} is for segformer_* models only, not {arch}")
-    return MODELS[arch](num_classes, heads=heads, **kw)
+    options = kw if heads == "full" else {**kw, "heads": heads}
+    return fuse_heads(MODELS[arch](num_classes, **options), fused)
 
 
 def model_heads(model: nn.Module) -> str:

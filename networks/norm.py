@@ -77,6 +77,21 @@ def update_running_stats(
         bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
 
 
+def has_standard_forward(bn: nn.Module) -> bool:
+    """Whether `bn` normalises as BatchNorm2d (+ BatchNormAct2d's activation) does, so that a fused
+    kernel may compute its output from its parameters and buffers; SyncBatchNormAct2d may not."""
+    return isinstance(bn, nn.BatchNorm2d) and type(bn).forward in (
+        nn.BatchNorm2d.forward,
+        BatchNormAct2d.forward,
+    )
+
+
+def conv_bn_act_layers(in_channels: int, out_channels: int, kernel: int = 1) -> list[nn.Module]:
+    """[conv k x k (same padding, no bias), BatchNormAct2d]: SCHP's conv + InPlace-ABN pair."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False)
+    return [conv, BatchNormAct2d(out_channels)]
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over processes; its gradient is the all-reduced sum of every process's gradient."""
 

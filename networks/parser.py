@@ -1,9 +1,17 @@
 """SegFormer human parser: MiT backbone + all-MLP decoder + CE2P edge and fusion heads."""
 
+import torch
 from torch import Tensor, nn
 
 from networks.contracts import HEADS, IMAGENET_RGB, ParsingOutput
-from networks.heads import EdgeModule, MLPDecoder, build_fusion_head
+from networks.heads import (
+    EdgeModule,
+    MLPDecoder,
+    build_fusion_head,
+    fused_decoder,
+    fused_edge_levels,
+    fused_fusion,
+)
 from networks.mit import MixVisionTransformer
 
 
@@ -41,6 +49,7 @@ class SegFormerParser(nn.Module):
             raise ValueError(f"networks: unknown heads {heads!r}; choose one of {HEADS}")
         self.arch = arch
         self.heads = heads
+        self.fused = False  # plain modules; `networks.heads.fuse_heads` switches
         self.num_classes = num_classes
         self.input_spec = IMAGENET_RGB
         self.backbone = MixVisionTransformer(variant, drop_path_rate=drop_path_rate, ln_eps=ln_eps)
@@ -53,9 +62,19 @@ class SegFormerParser(nn.Module):
 
     def forward(self, x: Tensor) -> ParsingOutput:
         c1, c2, c3, c4 = self.backbone(x)  # strides 4, 8, 16, 32
+        if self.fused:
+            return self._fused_heads(c1, c2, c3, c4)
         parsing, parsing_fea = self.head([c1, c2, c3, c4])  # (N, K|E, H/4, W/4)
         if self.heads == "plain":
             return ParsingOutput(parsing, parsing, None)
-        edge, edge_feas = self.edge.forward_levels(c1, c2, c3)  # (N, 2, H/4, W/4), 3 x mid maps
-        fusion = self.fusion(parsing_fea, edge_feas)  # as on concat (N, E + 3*mid, H/4, W/4)
+        edge, edge_fea = self.edge(c1, c2, c3)  # (N, 2, H/4, W/4), (N, 3*mid, H/4, W/4)
+        fusion = self.fusion(torch.cat([parsing_fea, edge_fea], dim=1))  # (N, E + 3*mid, H/4, W/4)
         return ParsingOutput(parsing, fusion, edge)
+
+    def _fused_heads(self, c1: Tensor, c2: Tensor, c3: Tensor, c4: Tensor) -> ParsingOutput:
+        """The heads of `forward` with the kernels of `networks.ops` (see `networks.heads`)."""
+        parsing, parsing_fea = fused_decoder(self.head, [c1, c2, c3, c4])
+        if self.heads == "plain":
+            return ParsingOutput(parsing, parsing, None)
+        edge, edge_feas = fused_edge_levels(self.edge, c1, c2, c3)  # features unresized
+        return ParsingOutput(parsing, fused_fusion(self.fusion, parsing_fea, edge_feas), edge)

@@ -11,12 +11,12 @@ bilinear with align_corners=True, as in SCHP. The model takes BGR input (`SCHP_B
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from networks.contracts import SCHP_BGR, ParsingOutput
-from networks.heads import EdgeModule, build_fusion_head
-from networks.norm import BatchNormAct2d
+from networks.heads import EdgeModule, build_fusion_head, fused_edge_levels, fused_fusion
+from networks.norm import conv_bn_act_layers
+from networks.ops import resize_corners
 
 RESNET101_LAYERS = (3, 4, 23, 3)
 EXPANSION = 4  # bottleneck output channels / planes
@@ -29,15 +29,6 @@ PSP_BINS = (1, 2, 3, 6)
 PSP_CHANNELS = 512
 DECODER_CHANNELS = 256
 SKIP_CHANNELS = 48  # the decoder's reduced stride-4 skip connection
-
-
-def _upsample(x: Tensor, size: Sequence[int]) -> Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-
-
-def _conv_bn_act(in_channels: int, out_channels: int, kernel: int = 1) -> list[nn.Module]:
-    conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False)
-    return [conv, BatchNormAct2d(out_channels)]
 
 
 class Bottleneck(nn.Module):
@@ -149,16 +140,16 @@ class PSPModule(nn.Module):
     ) -> None:
         super().__init__()
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b), *_conv_bn_act(in_channels, out_channels))
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), *conv_bn_act_layers(in_channels, out_channels))
             for b in bins
         )
         self.bottleneck = nn.Sequential(
-            *_conv_bn_act(in_channels + len(bins) * out_channels, out_channels, kernel=3)
+            *conv_bn_act_layers(in_channels + len(bins) * out_channels, out_channels, kernel=3)
         )
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
-        priors = [_upsample(stage(x), size) for stage in self.stages]
+        priors = [resize_corners(stage(x), size) for stage in self.stages]
         return self.bottleneck(torch.cat([*priors, x], dim=1))  # in: (B, Cin + len(bins)*out, H, W)
 
 
@@ -171,15 +162,15 @@ class Decoder(nn.Module):
     def __init__(self, num_classes: int, context_channels: int, skip_channels: int) -> None:
         super().__init__()
         width = DECODER_CHANNELS
-        self.conv1 = nn.Sequential(*_conv_bn_act(context_channels, width))
-        self.conv2 = nn.Sequential(*_conv_bn_act(skip_channels, SKIP_CHANNELS))
+        self.conv1 = nn.Sequential(*conv_bn_act_layers(context_channels, width))
+        self.conv2 = nn.Sequential(*conv_bn_act_layers(skip_channels, SKIP_CHANNELS))
         self.conv3 = nn.Sequential(
-            *_conv_bn_act(width + SKIP_CHANNELS, width), *_conv_bn_act(width, width)
+            *conv_bn_act_layers(width + SKIP_CHANNELS, width), *conv_bn_act_layers(width, width)
         )
         self.conv4 = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, context: Tensor, skip: Tensor) -> tuple[Tensor, Tensor]:
-        context = _upsample(self.conv1(context), skip.shape[-2:])  # (B, 256, H/4, W/4)
+        context = resize_corners(self.conv1(context), skip.shape[-2:])  # (B, 256, H/4, W/4)
         x = torch.cat([context, self.conv2(skip)], dim=1)  # (B, 304, H/4, W/4)
         x = self.conv3(x)
         return self.conv4(x), x
@@ -203,6 +194,7 @@ class AugmentCE2P(nn.Module):
         self.arch = "resnet101"
         self.num_classes = num_classes
         self.input_spec = SCHP_BGR
+        self.fused = False  # plain modules; `networks.heads.fuse_heads` switches
         self.backbone = DeepStemResNet(layers)
         c1, c2, c3, c4 = self.backbone.out_channels
         self.context_encoding = PSPModule(c4)
@@ -213,6 +205,9 @@ class AugmentCE2P(nn.Module):
     def forward(self, x: Tensor) -> ParsingOutput:
         x1, x2, x3, x4 = self.backbone(x)
         parsing, parsing_fea = self.decoder(self.context_encoding(x4), x1)
+        if self.fused:  # the edge and fusion heads with the kernels of `networks.ops`
+            edge, edge_feas = fused_edge_levels(self.edge, x1, x2, x3)
+            return ParsingOutput(parsing, fused_fusion(self.fusion, parsing_fea, edge_feas), edge)
         edge, edge_fea = self.edge(x1, x2, x3)
         fusion = self.fusion(torch.cat([parsing_fea, edge_fea], dim=1))  # (B, 256 + 768, H/4, W/4)
         return ParsingOutput(parsing=parsing, fusion=fusion, edge=edge)

@@ -21,8 +21,8 @@ from datasets.lip import LIPDataset, read_label_png
 from datasets.transforms import normalize_batch, warp_image
 from networks import SCHP_BGR, build_model
 from networks.contracts import IMAGENET_RGB
-from networks.heads import conv_bn_act, tap_conv
 from networks.norm import BatchNormAct2d
+from networks.ops import conv_bn_act, tap_conv
 
 NUM_CLASSES = 5
 INPUT_SHAPE = (2, 3, 97, 70)  # odd sizes: the stride-8/16/32 maps are not exact halvings

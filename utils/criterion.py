@@ -44,6 +44,7 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from datasets.labels import IGNORE_INDEX
 from datasets.transforms import EDGE_WIDTH
 from networks.contracts import ParsingOutput
+from networks.ops import resize_corners
 from utils.lovasz import lovasz_softmax
 
 SEG_HALF = 0.5  # Lovász and CE/KL share the segmentation weight equally (CE2P)
@@ -61,9 +62,7 @@ def _upsample(logits: Tensor, size: torch.Size) -> Tensor:
     copied back to channels-last in the upsample's backward, a full-size pass per prediction.
     """
     logits = logits.float()
-    if logits.shape[-2:] == size:
-        return logits
-    return F.interpolate(logits.contiguous(), size=size, mode="bilinear", align_corners=True)
+    return logits if logits.shape[-2:] == size else resize_corners(logits.contiguous(), size)
 
 
 def _weighted_mean(values: Tensor, weight: Tensor) -> Tensor:
