@@ -4,12 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo clean-demo
+EXTRAS := requirements-app.txt requirements-ray.txt requirements-tensorboard.txt
 
-$(STAMP): requirements.txt requirements-dev.txt
+.PHONY: venv test lint demo app clean-demo
+
+# The optional extras are installed too, so that their tests run in CI.
+$(STAMP): requirements.txt requirements-dev.txt $(EXTRAS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt \
+		$(addprefix -r ,$(EXTRAS))
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -22,6 +26,9 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	PY=$(PY) bash recipes/demo.sh
+
+app: $(STAMP)
+	$(PY) -m app $(if $(MODEL),--model-restore $(MODEL),)
 
 clean-demo:
 	rm -rf demo_out
