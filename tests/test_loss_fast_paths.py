@@ -1,5 +1,7 @@
 """The closed-form backward passes of the loss equal autograd through the plain formulas."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -70,6 +72,23 @@ def value_and_grad(fn, logits: torch.Tensor, *args) -> tuple[torch.Tensor, torch
     weight = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape)
     (out * weight).sum().backward()
     return out.detach(), x.grad
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("absent", [False, True])
+def test_lovasz_torch_sort_backend_on_cpu_equals_the_numpy_backend(seed, absent):
+    """The GPU path (`torch.sort`, `lovasz_grad`) runs here too and agrees with the numpy path."""
+    logits, label = batch(seed, absent=absent)
+    numpy_value, numpy_grad = value_and_grad(
+        partial(lovasz_softmax, backend="numpy"), logits, label
+    )
+    torch_value, torch_grad = value_and_grad(
+        partial(lovasz_softmax, backend="torch"), logits, label
+    )
+    assert torch_value.item() == pytest.approx(numpy_value.item(), abs=TOL)
+    assert (torch_grad - numpy_grad).abs().max().item() < TOL
+    with pytest.raises(ValueError, match="unknown backend"):
+        lovasz_softmax(F.softmax(logits, 1), label, backend="cuda")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
