@@ -2,6 +2,7 @@
 
 format (`detect_format`)  file                                          loader
 `ours`              utils/checkpoint.py dicts (`arch`, `state_dict`)    `load_weights`
+                    or a model folder (networks/model_folder.py)
 `plain`             a bare state dict in our names                      `load_weights`
 `seed`              seed `segformer_mit_b4` `*.pth.tar`                 `load_seed_checkpoint`
 `schp`              SCHP `exp-schp-*.pth` (LIP, ATR, Pascal)            `load_schp_checkpoint`
@@ -31,8 +32,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from networks.errors import WeightsError
 from networks.hf_names import convert_hf_state_dict
 from networks.mit import MIT_CONFIGS
+from networks.model_folder import (
+    is_model_folder,
+    read_model_folder,
+    read_safetensors,
+    snapshot_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +48,6 @@ ABN_EPS = 1e-5  # InPlace-ABN's effective scale is |weight| + eps
 DATA_PARALLEL_PREFIX = "module."
 CLASSIFIER_KEYS = ("fusion.3.weight", "decoder.conv4.weight", "head.linear_pred.weight")
 SHOWN_KEYS = 3  # keys quoted in one error line
-HF_FILES = ("model.safetensors", "pytorch_model.bin")  # looked up in a hub snapshot folder
 SCHP_STEM = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")  # + layer1..4: the backbone
 SCHP_DOWNLOADS = {  # name: (file name, Google Drive id), from the SCHP README
     "lip": ("exp-schp-201908261155-lip.pth", "1k4dllHpu0bdx38J7H28rVVLpU-kOHmnH"),
@@ -52,10 +59,6 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 # torch's legacy (non-zip) files start with this number, pickled (torch/serialization.py)
 LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 HEADER_BYTES = 64
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used; the message names the file and the fix."""
 
 
 class LoadReport(NamedTuple):
@@ -73,19 +76,14 @@ class LoadReport(NamedTuple):
 
 def _read(path: str | Path) -> object:
     path = Path(path)
+    if is_model_folder(path):  # config.json + model.safetensors (networks/model_folder.py)
+        return read_model_folder(path)
     if path.is_dir():  # a Hugging Face snapshot folder
-        path = next((path / f for f in HF_FILES if (path / f).is_file()), path)
+        path = snapshot_weights(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such file; check the path (see checkpoints/README.md)")
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise WeightsError(f"{path}: reading it needs `pip install safetensors`") from None
-        try:
-            return load_file(path, device="cpu")
-        except Exception:  # safetensors has its own error types for damaged files
-            raise WeightsError(f"{path}: not a readable safetensors file; re-download it") from None
+        return read_safetensors(path)
     try:
         return safe_torch_load(path)
     except Exception as exc:  # damage shows as RuntimeError, EOFError, UnpicklingError, ...
