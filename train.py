@@ -44,54 +44,47 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets.images import init_decode_worker
 from datasets.labels import LabelSet
-from datasets.lip import LIPDataset, check_samples, collate_samples, data_error_line
-from datasets.transforms import (
-    FLIP_PROB,
-    ROTATION_FACTOR,
-    SCALE_FACTOR,
-    generate_edge,
-    normalize_batch,
-)
+from datasets.lip import LIPDataset, check_samples, data_error_line
+from datasets.loaders import augmented_train_set, prepare_batch, train_loader
 from evaluate import build_eval_dataset, evaluate
 from inference.predict import AMP_DTYPES, autocast
-from networks import HEADS, ParsingOutput, build_model
+from networks import build_model
 from networks.contracts import InputSpec
 from networks.norm import convert_sync_batchnorm
-from networks.weights import WeightsError, load_pretrained_backbone, load_weights
+from networks.weights import WeightsError
 from utils import checkpoint as ckpt
 from utils.cli import (
+    add_train_flags,
     apply_gpu_flag,
     check_output_dir,
+    check_train_args,
     common_parser,
-    optional_path,
-    positive_float,
     resolve_labels,
 )
-from utils.criterion import CONSISTENCY_MODES, LOSSES, build_criterion
-from utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
-from utils.fileio import atomic_write, remove_stale_temp_files
-from utils.logger import JsonlWriter, plot_curves, setup_logging
-from utils.optim import OPTIMIZERS, build_optimizer, format_param_groups
-from utils.schedule import apply_lr, default_schp_start, sgdr_lr
+from utils.criterion import build_criterion
+from utils.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    cleanup,
+    distribute,
+    init_distributed,
+    seed_epoch,
+)
+from utils.fileio import remove_stale_temp_files
+from utils.logger import JsonlWriter, setup_logging, write_epoch_logs
+from utils.optim import build_optimizer, format_param_groups, set_train_mode
+from utils.schedule import apply_lr, sgdr_lr
 from utils.schp import bn_re_estimate, is_cycle_end, moving_average
 
 logger = logging.getLogger("train")
 LOSS_PARTS = ("total", "seg", "edge", "cons")
-RESUME_MUST_MATCH = ("epochs", "learning_rate", "warmup_epochs", "schp_start", "cycle_epochs")
-
-
-def _flag(group, name: str, **kwargs) -> None:
-    """Add `--name` (the seed's spelling first) with its kebab/snake twin and one snake dest."""
-    twins = dict.fromkeys((name, name.replace("_", "-"), name.replace("-", "_")))
-    group.add_argument(*(f"--{n}" for n in twins), dest=name.replace("-", "_"), **kwargs)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -101,166 +94,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         add_help=add_help,
     )
-    opt = parser.add_argument_group("optimisation")
-    _flag(opt, "optimizer", default="sgd", choices=OPTIMIZERS, help="Param groups (seed rules).")
-    _flag(opt, "learning-rate", type=positive_float, default=7e-3, help="Base learning rate L.")
-    _flag(opt, "momentum", type=float, default=0.9, help="SGD momentum.")
-    _flag(opt, "weight-decay", type=float, default=5e-4, help="Weight decay of decayed groups.")
-    _flag(opt, "epochs", type=int, default=150, help="Total number of epochs.")
-    _flag(opt, "start-epoch", type=int, default=0, help="First epoch (LR schedule position).")
-    _flag(opt, "warmup-epochs", type=int, default=10, help="Linear LR warmup epochs.")
-    _flag(opt, "only_train_module", help="Train only these top-level modules, e.g. head,edge.")
-    loss = parser.add_argument_group("loss")
-    losses = "ce2p: Lovasz + CE, edge and consistency (CE2P); ce: plain CE on the parsing logits."
-    _flag(loss, "loss", default="ce2p", choices=LOSSES, help=losses)
-    _flag(loss, "lambda-s", type=float, default=1.0, help="Weight of the parsing losses.")
-    _flag(loss, "lambda-e", type=float, default=1.0, help="Weight of the edge loss.")
-    _flag(loss, "lambda-c", type=float, default=0.1, help="Weight of the consistency loss.")
-    consistency = "Consistency of soft (differentiable) or hard (argmax) parsing edges."
-    _flag(loss, "cons_loss_type", default="soft", choices=CONSISTENCY_MODES, help=consistency)
-    schp = parser.add_argument_group("self-correction (SCHP)")
-    schp_start = (
-        "Epoch where SCHP cycles start; None: the last 5 cycles (--epochs - 5 x --cycle-epochs, "
-        "the seed's 100 of 150), fewer when 5 do not fit after the warmup."
-    )
-    _flag(schp, "schp-start", type=int, default=None, help=schp_start)
-    _flag(schp, "cycle-epochs", type=int, default=10, help="Epochs per SCHP cycle.")
-    _flag(schp, "schp-restore", type=optional_path, help="Teacher weights (and its cycle_n).")
-    _flag(schp, "reset_schp_cycle", action="store_true", help="Cycle 0 after --schp-restore.")
-    no_schp = "No self-correction at all: cosine LR to the last epoch, no aggregation."
-    _flag(schp, "no-schp", action="store_true", help=no_schp)
-    data = parser.add_argument_group("training data")
-    _flag(data, "num_samples", type=int, default=-1, help="Seeded random subset size (-1: all).")
-    on_off = argparse.BooleanOptionalAction
-    _flag(data, "random-mirror", action=on_off, default=True, help="Random horizontal flips.")
-    _flag(data, "random-scale", action=on_off, default=True, help="Random scale and rotation.")
-    run = parser.add_argument_group("run")
-    heads = "full: CE2P edge + fusion heads; plain: SegFormer decoder only (needs --loss ce)."
-    _flag(run, "heads", default="full", choices=HEADS, help=heads)
-    pretrain = (
-        "ImageNet backbone weights (NVlabs mit_b*.pth, HF mit-b*, SCHP resnet101); None: off."
-    )
-    _flag(run, "imagenet-pretrain", type=optional_path, help=pretrain)
-    _flag(run, "resume", help="checkpoint.pth.tar of a run to continue exactly.")
-    _flag(run, "eval-epochs", type=int, default=10, help="Save checkpoint_{N} every N epochs.")
-    _flag(run, "val-every", type=int, default=0, help="Validate every N epochs (0: never).")
-    _flag(run, "print-freq", type=int, default=10, help="Progress-bar update every N steps.")
-    _flag(run, "seed", type=int, default=0, help="Seed of sampling, augmentation and init.")
+    add_train_flags(parser)
     return parser
 
 
-def check_args(args: argparse.Namespace, device: torch.device) -> None:
-    """Refuse inconsistent flags before anything is built or written, one line each; fill in
-    the default --schp-start."""
-    for name in ("epochs", "cycle_epochs", "eval_epochs", "print_freq"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    for name in ("val_every", "warmup_epochs", "seed"):
-        if getattr(args, name) < 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 0; got {getattr(args, name)}")
-    if args.schp_start is None:
-        args.schp_start = default_schp_start(args.epochs, args.cycle_epochs, args.warmup_epochs)
-    if args.heads == "plain" and args.loss != "ce":
-        raise SystemExit(
-            "--heads plain has no edge/fusion outputs for the CE2P loss; add --loss ce"
-        )
-    if args.schp_start > args.epochs and not args.no_schp:
-        raise SystemExit(
-            f"--schp-start {args.schp_start} is beyond --epochs {args.epochs}; no self-correction "
-            "cycle would ever end: lower --schp-start or raise --epochs"
-        )
-    if not 0 <= args.start_epoch < args.epochs:
-        raise SystemExit(f"--start-epoch {args.start_epoch} is outside 0..{args.epochs - 1}")
-    if args.amp == "fp16" and device.type == "cpu":
-        raise SystemExit(
-            "--amp fp16 on CPU: float16 kernels are emulated there (about 40x slower than "
-            "fp32); use --amp bf16 or --amp off on CPU, fp16 on CUDA"
-        )
-
-
-def seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Seed torch (dropout, DropPath) from (seed, epoch, rank): resume and DDP stay exact."""
-    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
-
-
 def build_train_loader(args, label_set, lut, input_spec, info: DistInfo) -> DataLoader:
-    """Loader of the augmented training set with a DistributedSampler (set both epochs).
-
-    Batches hold uint8 images and labels without edges (4x/8x fewer bytes from the workers):
-    `prepare_batch` normalises them and makes the edge targets on the device.
-
-    Raises:
-        FileNotFoundError, ValueError: the data folder's layout or contents are wrong.
-    """
-    train_set = LIPDataset(
-        args.data_dir,
-        split="train",
-        input_size=args.input_size,
-        input_spec=input_spec,
-        label_set=label_set,
-        label_lut=lut,
-        augment=args.random_mirror or args.random_scale,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        flip_prob=FLIP_PROB if args.random_mirror else 0.0,
-        scale_factor=SCALE_FACTOR if args.random_scale else 0.0,
-        rotation_factor=ROTATION_FACTOR if args.random_scale else 0.0,
-        with_edge=False,
-        target_dtype=torch.uint8,
-        image_dtype=torch.uint8,
-    )
-    if len(train_set) < args.batch_size * info.world_size:
-        raise SystemExit(
-            f"{args.data_dir}: {len(train_set)} training images, fewer than one batch "
-            f"({args.batch_size} x {info.world_size} processes); lower --batch-size"
-        )
-    sampler = DistributedSampler(
-        train_set, info.world_size, info.rank, shuffle=True, seed=args.seed, drop_last=True
-    )
-    return DataLoader(
-        train_set,
-        batch_size=args.batch_size,
-        sampler=sampler,
-        num_workers=args.workers,
-        pin_memory=info.device.type == "cuda",
-        drop_last=True,
-        generator=torch.Generator().manual_seed(args.seed),
-        worker_init_fn=init_decode_worker,
-        collate_fn=collate_samples,
-    )
-
-
-def prepare_batch(batch: dict, input_spec: InputSpec, device: torch.device) -> tuple[Tensor, ...]:
-    """Loader batch -> (normalised float images, int64 labels, int64 edge targets) on `device`."""
-    images = normalize_batch(batch["image"].to(device), input_spec)
-    labels = batch["label"].to(device)
-    return images, labels.long(), generate_edge(labels).long()
-
-
-def restore_weights(args, model: nn.Module, teacher: nn.Module) -> int:
-    """Seed flags --imagenet-pretrain, --model-restore, --schp-restore; returns cycle_n."""
-    try:
-        if args.imagenet_pretrain:
-            load_pretrained_backbone(model, args.imagenet_pretrain)
-        if args.model_restore:
-            load_weights(model, args.model_restore)
-        teacher.load_state_dict(model.state_dict())
-        if not args.schp_restore:
-            return 0
-        load_weights(teacher, args.schp_restore)
-    except WeightsError as err:
-        raise SystemExit(str(err)) from None
-    stored = ckpt.read_checkpoint(args.schp_restore).get("cycle_n", 0)
-    return 0 if args.reset_schp_cycle else int(stored)
-
-
-def set_train_mode(model: nn.Module) -> None:
-    """Train mode, except top-level modules without trainable parameters (kept frozen)."""
-    model.train()
-    for child in ckpt.unwrap_model(model).children():
-        params = list(child.parameters())
-        if params and not any(p.requires_grad for p in params):
-            child.eval()
+    """The augmented training loader of this process (ValueError, FileNotFoundError: bad data)."""
+    augment = {"mirror": args.random_mirror, "scale": args.random_scale}
+    spec = (args.data_dir, args.input_size, input_spec, label_set, lut)
+    train_set = augmented_train_set(*spec, **augment, num_samples=args.num_samples, seed=args.seed)
+    shard = (info.rank, info.world_size, info.device.type == "cuda")
+    return train_loader(train_set, args.batch_size, args.workers, args.seed, *shard)
 
 
 @dataclass
@@ -299,7 +143,7 @@ def setup(args: argparse.Namespace) -> Run:
     apply_gpu_flag(args.gpu)
     info = init_distributed(args.device)
     setup_logging(info.is_main)
-    check_args(args, info.device)
+    check_train_args(args, info.device)
     label_set, lut = resolve_labels(args)
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     try:
@@ -307,11 +151,12 @@ def setup(args: argparse.Namespace) -> Run:
     except ValueError as err:
         raise SystemExit(f"--heads {args.heads}: {err}") from None
     teacher = copy.deepcopy(model)
-    for flag in ("imagenet_pretrain", "model_restore", "schp_restore", "resume"):
-        path = getattr(args, flag)
-        if path is not None and not Path(path).is_file():
-            raise SystemExit(f"{path}: file not found (--{flag.replace('_', '-')}); check the path")
-    cycle_n = 0 if args.resume else restore_weights(args, model, teacher)
+    weights = (args.imagenet_pretrain, args.model_restore, args.schp_restore)
+    try:
+        cycle_n = 0 if args.resume else ckpt.restore_weights(model, teacher, *weights)
+    except WeightsError as err:
+        raise SystemExit(str(err)) from None
+    cycle_n = 0 if args.reset_schp_cycle else cycle_n
     optim_flags = (args.learning_rate, args.weight_decay, args.momentum, args.only_train_module)
     try:
         optimizer, groups = build_optimizer(model, args.optimizer, *optim_flags)
@@ -329,14 +174,9 @@ def setup(args: argparse.Namespace) -> Run:
     progress = {"start_epoch": args.start_epoch, "cycle_n": cycle_n}
     if args.resume:
         try:
-            state = ckpt.load_train_state(args.resume, model, teacher, optimizer, scaler)
+            progress = ckpt.resume(args.resume, model, teacher, optimizer, scaler, vars(args))
         except ValueError as err:
             raise SystemExit(str(err)) from None
-        changed = [k for k in RESUME_MUST_MATCH if state["args"].get(k) != getattr(args, k)]
-        if changed:
-            logger.warning("--resume with other %s: the LR schedule differs", ", ".join(changed))
-        progress = {k: state[k] for k in ("cycle_n", "best_miou", "history")}
-        progress["start_epoch"] = state["epoch"]
 
     barrier(info)  # every rank's samples passed: from here on files are written
     log_dir = Path(args.log_dir)
@@ -351,30 +191,18 @@ def setup(args: argparse.Namespace) -> Run:
         logger.info("optimizer %s\n%s", args.optimizer, format_param_groups(groups))
     teacher.eval()
     if info.distributed:
-        model, teacher = convert_sync_batchnorm(model), convert_sync_batchnorm(teacher)
-        device_ids = [info.device.index] if info.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        model, teacher = distribute(model, info), convert_sync_batchnorm(teacher)
     parts = (args, info, label_set, model, teacher, optimizer, scaler, loader, val_set, log)
     return Run(*parts, **progress)
-
-
-def as_float(output: ParsingOutput) -> ParsingOutput:
-    """Every logits tensor of a model output in float32 (a plain model's edge stays None)."""
-    return ParsingOutput(*(None if t is None else t.float() for t in output))
 
 
 def _batches(loader: DataLoader) -> Iterator[dict]:
     """The loader's batches; a bad sample (label id outside the set, missing or unreadable file)
     ends the run with its one-line message instead of a worker traceback."""
-    iterator = iter(loader)
-    while True:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except (ValueError, FileNotFoundError) as err:
-            raise SystemExit(data_error_line(err)) from None
-        yield batch
+    try:
+        yield from loader
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(data_error_line(err)) from None
 
 
 def train_one_epoch(run: Run, epoch: int, lr: float) -> dict[str, float]:
@@ -396,9 +224,9 @@ def train_one_epoch(run: Run, epoch: int, lr: float) -> dict[str, float]:
         soft = None
         if cycle_n >= 1:
             with torch.no_grad(), autocast(info.device, args.amp):
-                soft = as_float(run.teacher(images))
+                soft = run.teacher(images).float32()
         with autocast(info.device, args.amp):
-            output = as_float(run.model(images))
+            output = run.model(images).float32()
         loss, parts = criterion(output, labels, edges, soft=soft, cycle_n=cycle_n)
         if not torch.isfinite(loss):  # the one check; the loss terms pass NaN through
             terms = ", ".join(f"{k} {v.item():.4g}" for k, v in parts.items())
@@ -434,14 +262,6 @@ def self_correct(run: Run, epoch: int) -> None:
         logger.info("self-correction cycle %d done (teacher saved)", run.cycle_n)
 
 
-def write_epoch_logs(log_dir: Path, history: list[dict]) -> None:
-    """loss_per_epoch.txt (the seed's columns) and curves.png of the epoch records, atomically."""
-    rows = [[str(r["epoch"])] + [f"{r[k]:.6f}" for k in LOSS_PARTS] for r in history]
-    text = "".join(", ".join(row) + "\n" for row in rows)
-    atomic_write(log_dir / "loss_per_epoch.txt", lambda tmp: Path(tmp).write_text(text))
-    plot_curves(history, log_dir / "curves.png")
-
-
 def _train_state(run: Run, epoch: int) -> dict:
     """checkpoint.pth.tar's content after `epoch` (0-based) was trained."""
     args = run.args
@@ -462,7 +282,7 @@ def save_epoch(run: Run, epoch: int, record: dict) -> None:
     state = _train_state(run, epoch)
     periodic = (epoch + 1) % run.args.eval_epochs == 0
     ckpt.save_weight_checkpoints(run.log_dir, state, periodic, improved)
-    write_epoch_logs(run.log_dir, run.history)
+    write_epoch_logs(run.log_dir, run.history, LOSS_PARTS)
     ckpt.save_checkpoint(state, run.log_dir / ckpt.LATEST_NAME)
 
 
@@ -474,7 +294,7 @@ def rewrite_missing_epoch_files(run: Run) -> None:
         return
     log_dir, done = run.log_dir, run.start_epoch
     if not all((log_dir / name).is_file() for name in ("loss_per_epoch.txt", "curves.png")):
-        write_epoch_logs(log_dir, run.history)
+        write_epoch_logs(log_dir, run.history, LOSS_PARTS)
     periodic = done % run.args.eval_epochs == 0
     periodic = periodic and not (log_dir / ckpt.periodic_name(done)).is_file()
     best = run.history[-1].get("val_miou") == run.best_miou  # the resumed epoch was the best

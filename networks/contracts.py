@@ -21,6 +21,10 @@ class ParsingOutput(NamedTuple):
     fusion: Tensor
     edge: Tensor | None
 
+    def float32(self) -> "ParsingOutput":
+        """Every logits tensor in float32 (after autocast); a plain model's edge stays None."""
+        return ParsingOutput(*(None if t is None else t.float() for t in self))
+
 
 @dataclass(frozen=True)
 class InputSpec:

@@ -17,6 +17,7 @@ from datasets.labels import load_label_config
 from inference import HumanParser
 from networks import ParsingOutput, build_model
 from utils import checkpoint as ckpt
+from utils.cli import check_train_args
 from utils.criterion import CE2PLoss, CELoss, build_criterion
 from utils.optim import build_optimizer
 
@@ -115,11 +116,11 @@ def test_train_flags_plain_needs_ce_and_no_schp_allows_any_schp_start():
     parser = train.get_args_parser()
     base = ["--epochs", "2", "--schp-start", "5"]
     with pytest.raises(SystemExit, match="--loss ce"):
-        train.check_args(parser.parse_args([*base, "--heads", "plain", "--no-schp"]), "cpu")
+        check_train_args(parser.parse_args([*base, "--heads", "plain", "--no-schp"]), "cpu")
     with pytest.raises(SystemExit, match="schp-start"):
-        train.check_args(parser.parse_args(base), "cpu")
+        check_train_args(parser.parse_args(base), "cpu")
     args = parser.parse_args([*base, "--heads", "plain", "--loss", "ce", "--no-schp"])
-    train.check_args(args, "cpu")
+    check_train_args(args, "cpu")
     assert (args.heads, args.loss, args.no_schp) == ("plain", "ce", True)
     defaults = parser.parse_args([])
     assert (defaults.heads, defaults.loss, defaults.no_schp) == ("full", "ce2p", False)

@@ -26,6 +26,7 @@ from datasets.labels import load_label_config
 from datasets.synthetic import make_lip_dataset
 from networks import IMAGENET_RGB, build_model
 from utils import checkpoint as ckpt
+from utils.cli import check_train_args
 from utils.distributed import DistInfo
 from utils.logger import read_jsonl
 
@@ -500,17 +501,17 @@ def test_bad_numbers_are_refused_at_parsing_naming_the_flag(flag, value, capsys)
 def test_schp_start_defaults_to_the_last_cycles_of_the_run():
     parser = train.get_args_parser()
     seed = parser.parse_args([])
-    train.check_args(seed, torch.device("cpu"))
+    check_train_args(seed, torch.device("cpu"))
     assert seed.schp_start == 100  # the seed's 150 epochs, cycles of 10
     short = parser.parse_args(["--epochs", "12", "--warmup-epochs", "1", "--cycle-epochs", "2"])
-    train.check_args(short, torch.device("cpu"))
+    check_train_args(short, torch.device("cpu"))
     assert short.schp_start == 2  # five cycles of 2 after the warmup
     tiny = parser.parse_args(["--epochs", "5"])  # the 10-epoch warmup leaves no cycle
-    train.check_args(tiny, torch.device("cpu"))
+    check_train_args(tiny, torch.device("cpu"))
     assert tiny.schp_start == 5
     explicit = parser.parse_args(["--epochs", "12", "--schp-start", "13"])
     with pytest.raises(SystemExit, match="--schp-start 13 is beyond --epochs 12"):
-        train.check_args(explicit, torch.device("cpu"))
+        check_train_args(explicit, torch.device("cpu"))
 
 
 @pytest.mark.slow

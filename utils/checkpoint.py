@@ -14,6 +14,7 @@ File names follow the seed: `checkpoint.pth.tar` (latest), `checkpoint_{epoch}.p
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from networks.weights import check_finite, read_checkpoint
+from networks.weights import (
+    check_finite,
+    load_pretrained_backbone,
+    load_weights,
+    read_checkpoint,
+)
 from utils.fileio import atomic_write
 
 LATEST_NAME = "checkpoint.pth.tar"
+# flags whose change on --resume changes the LR schedule (a warning, not an error)
+RESUME_MUST_MATCH = ("epochs", "learning_rate", "warmup_epochs", "schp_start", "cycle_epochs")
 BEST_NAME = "best.pth.tar"
+
+logger = logging.getLogger(__name__)
 
 
 def periodic_name(epoch: int) -> str:
@@ -139,6 +149,28 @@ def load_train_state(
     return state
 
 
+def resume(
+    path: str | os.PathLike,
+    model: nn.Module,
+    teacher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    args: dict,
+) -> dict:
+    """`load_train_state`, then the progress to continue from: start_epoch, cycle_n, best_miou,
+    history. Warns when `args` changes a flag of `RESUME_MUST_MATCH`.
+
+    Raises:
+        ValueError: as `load_train_state`.
+    """
+    state = load_train_state(path, model, teacher, optimizer, scaler)
+    changed = [k for k in RESUME_MUST_MATCH if state["args"].get(k) != args.get(k)]
+    if changed:
+        logger.warning("--resume with other %s: the LR schedule differs", ", ".join(changed))
+    progress = {k: state[k] for k in ("cycle_n", "best_miou", "history")}
+    return progress | {"start_epoch": state["epoch"]}
+
+
 def weights_of(state: dict) -> dict:
     """The weights-only record of a `train_state` (checkpoint_{epoch}, best.pth.tar)."""
     weights = {k: state[k] for k in ("arch", "num_classes", "label_set", "input", "state_dict")}
@@ -155,3 +187,28 @@ def save_weight_checkpoints(
         save_checkpoint(weights_of(state), log_dir / periodic_name(state["epoch"]))
     if best:
         save_checkpoint(weights_of(state), log_dir / BEST_NAME)
+
+
+def restore_weights(
+    model: nn.Module,
+    teacher: nn.Module,
+    imagenet_pretrain: str | None = None,
+    model_restore: str | None = None,
+    schp_restore: str | None = None,
+) -> int:
+    """train.py's seed flags: backbone weights, then the model's, then the teacher's (which
+    starts as a copy of the model); returns the teacher's stored SCHP cycle (0 if none).
+
+    Raises:
+        WeightsError: a file that cannot be read or does not fit, named with the fix.
+    """
+    if imagenet_pretrain:
+        load_pretrained_backbone(model, imagenet_pretrain)
+    if model_restore:
+        load_weights(model, model_restore)
+    teacher.load_state_dict(model.state_dict())
+    if not schp_restore:
+        return 0
+    state = read_checkpoint(schp_restore)
+    load_weights(teacher, state, name=str(schp_restore))
+    return int(state.get("cycle_n", 0))

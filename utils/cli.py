@@ -1,4 +1,5 @@
-"""Flags shared by train.py, evaluate.py and extract.py (joined with `parents=[...]`).
+"""Flags shared by train.py, evaluate.py and extract.py (joined with `parents=[...]`), and
+train.py's own flag groups and their checks.
 
 The seed's spellings are accepted next to kebab-case twins (`--lip_map_cfg` and `--lip-map-cfg`),
 each with one canonical `dest`.
@@ -11,9 +12,14 @@ import math
 import os
 from pathlib import Path
 
+import torch
+
 from datasets.labels import load_label_config
-from networks import MODELS
+from networks import HEADS, MODELS
 from networks.contracts import DEFAULT_INPUT_SIZE, MIN_INPUT_SIDE
+from utils.criterion import CONSISTENCY_MODES, LOSSES
+from utils.optim import OPTIMIZERS
+from utils.schedule import default_schp_start
 
 AMP_CHOICES = ("off", "bf16", "fp16")
 
@@ -99,6 +105,17 @@ def optional_path(text: str) -> str | None:
     return None if text in ("", "None", "none") else text
 
 
+def add_flag(group, name: str, *aliases: str, **kwargs) -> None:
+    """Add `--name` with its kebab/snake twin (and the seed's other `aliases`), one snake dest.
+
+    `name` is spelt as the seed spelt it; e.g. `add_flag(g, "num_samples")` gives
+    `--num_samples` and `--num-samples`, both stored in `args.num_samples`.
+    """
+    names = (name, name.replace("_", "-"), name.replace("-", "_"), *aliases)
+    flags = [f"--{n}" for n in dict.fromkeys(names)]
+    group.add_argument(*flags, dest=name.replace("-", "_"), **kwargs)
+
+
 def common_parser(arch_default: str | None, batch_size_default: int) -> argparse.ArgumentParser:
     """Model, data, label-map and runtime flags that every script shares."""
     parser = argparse.ArgumentParser(add_help=False)
@@ -109,113 +126,143 @@ def common_parser(arch_default: str | None, batch_size_default: int) -> argparse
         choices=sorted(MODELS),
         help="Network architecture (registry key).",
     )
-    model.add_argument(
-        "--num-classes",
-        "--num_classes",
-        dest="num_classes",
-        type=int,
-        default=None,
-        help="Number of output classes; by default taken from the label set or checkpoint.",
-    )
-    model.add_argument(
-        "--model-restore",
-        "--model_restore",
-        dest="model_restore",
-        type=optional_path,
-        default=None,
-        help="Weights to load (ours, seed, original SCHP, NVlabs or HF format). A given path "
-        "that does not exist is an error.",
-    )
+    num_classes = "Number of output classes; by default taken from the label set or checkpoint."
+    add_flag(model, "num-classes", type=int, default=None, help=num_classes)
+    add_model_restore_flag(model)
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--data-dir",
-        "--data_dir",
-        dest="data_dir",
-        default="./data/LIP",
-        help="Dataset root in LIP layout ({split}_id.txt, {split}_images/, "
-        "{split}_segmentations/).",
-    )
-    data.add_argument(
-        "--input-size",
-        "--input_size",
-        dest="input_size",
-        type=hw_pair,
-        default=DEFAULT_INPUT_SIZE,
-        help="Crop size H,W fed to the network.",
-    )
-    data.add_argument(
-        "--batch-size",
-        "--batch_size",
-        dest="batch_size",
-        type=positive_int,
-        default=batch_size_default,
-        help="Images per batch and per process.",
-    )
-    data.add_argument(
-        "--workers",
-        type=non_negative_int,
-        default=min(4, os.cpu_count() or 1),
-        help="DataLoader worker processes (0 = load in the main process).",
-    )
+    layout = "Dataset root in LIP layout ({split}_id.txt, {split}_images/, {split}_segmentations/)."
+    add_flag(data, "data-dir", default="./data/LIP", help=layout)
+    crop = "Crop size H,W fed to the network."
+    add_flag(data, "input-size", type=hw_pair, default=DEFAULT_INPUT_SIZE, help=crop)
+    batch = "Images per batch and per process."
+    add_flag(data, "batch-size", type=positive_int, default=batch_size_default, help=batch)
+    add_workers_flag(data)
     labels = parser.add_argument_group("labels")
-    labels.add_argument(
-        "--lip-map-cfg",
-        "--lip_map_cfg",
-        dest="lip_map_cfg",
-        default="mappings/lip_map.yaml",
-        help="Label-map YAML (LIP 20 -> merged 9 by default); also names the classes in reports.",
+    lip_map = "Label-map YAML (LIP 20 -> merged 9 by default); also names the classes in reports."
+    add_flag(labels, "lip-map-cfg", default="mappings/lip_map.yaml", help=lip_map)
+    mapping = "Map the raw labels on load with the label-map YAML (e.g. LIP 20 -> merged 9)."
+    add_flag(
+        labels, "do-mapping", "do-lip-mapping", "do_lip_mapping", action="store_true", help=mapping
     )
-    labels.add_argument(
-        "--do-mapping",
-        "--do_mapping",
-        "--do-lip-mapping",
-        "--do_lip_mapping",
-        dest="do_mapping",
-        action="store_true",
-        help="Map the raw labels on load with the label-map YAML (e.g. LIP 20 -> merged 9).",
+    label_set = (
+        "Label-set YAML of the data (default: <data-dir>/label_set.yaml if present, else the "
+        "label-map YAML)."
     )
-    labels.add_argument(
-        "--label-set",
-        "--label_set",
-        dest="label_set",
-        default=None,
-        help="Label-set YAML of the data (default: <data-dir>/label_set.yaml if present, "
-        "else the label-map YAML).",
-    )
-    labels.add_argument(
-        "--ignore-label",
-        "--ignore_label",
-        dest="ignore_label",
-        type=int,
-        default=255,
-        choices=[255],
-        help="Label id ignored by the loss and metrics (fixed at 255 across the toolkit).",
-    )
+    add_flag(labels, "label-set", default=None, help=label_set)
+    ignore = "Label id ignored by the loss and metrics (fixed at 255 across the toolkit)."
+    add_flag(labels, "ignore-label", type=int, default=255, choices=[255], help=ignore)
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument(
-        "--device",
-        default="auto",
-        help="auto, cpu, cuda or cuda:N.",
-    )
-    runtime.add_argument(
-        "--gpu",
-        default=None,
-        help="Seed flag: comma-separated GPU ids, sets CUDA_VISIBLE_DEVICES before CUDA starts.",
-    )
-    runtime.add_argument(
-        "--amp",
-        default="off",
-        choices=AMP_CHOICES,
-        help="Mixed precision autocast dtype (bf16 or fp16); off = fp32.",
-    )
-    runtime.add_argument(
-        "--log-dir",
-        "--log_dir",
-        dest="log_dir",
-        default="./log",
-        help="Output folder.",
-    )
+    add_device_flags(runtime)
+    gpu = "Seed flag: comma-separated GPU ids, sets CUDA_VISIBLE_DEVICES before CUDA starts."
+    runtime.add_argument("--gpu", default=None, help=gpu)
+    add_flag(runtime, "log-dir", default="./log", help="Output folder.")
     return parser
+
+
+def add_model_restore_flag(group, required_help: str = "") -> None:
+    """--model-restore: the weights to load (every format `networks.weights` reads)."""
+    restore = (
+        "Weights to load (ours, seed, original SCHP, NVlabs or HF format). A given path that "
+        "does not exist is an error." + required_help
+    )
+    add_flag(group, "model-restore", type=optional_path, default=None, help=restore)
+
+
+def add_workers_flag(group) -> None:
+    """--workers: DataLoader worker processes."""
+    workers = "DataLoader worker processes (0 = load in the main process)."
+    group.add_argument(
+        "--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1), help=workers
+    )
+
+
+def add_device_flags(group) -> None:
+    """--device and --amp (the autocast dtype)."""
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+    amp = "Mixed precision autocast dtype (bf16 or fp16); off = fp32."
+    group.add_argument("--amp", default="off", choices=AMP_CHOICES, help=amp)
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """train.py's own flag groups: optimisation, loss, self-correction, training data, run."""
+    opt = parser.add_argument_group("optimisation")
+    add_flag(opt, "optimizer", default="sgd", choices=OPTIMIZERS, help="Param groups (seed rules).")
+    add_flag(opt, "learning-rate", type=positive_float, default=7e-3, help="Base learning rate L.")
+    add_flag(opt, "momentum", type=float, default=0.9, help="SGD momentum.")
+    add_flag(opt, "weight-decay", type=float, default=5e-4, help="Weight decay of decayed groups.")
+    add_flag(opt, "epochs", type=int, default=150, help="Total number of epochs.")
+    add_flag(opt, "start-epoch", type=int, default=0, help="First epoch (LR schedule position).")
+    add_flag(opt, "warmup-epochs", type=int, default=10, help="Linear LR warmup epochs.")
+    add_flag(opt, "only_train_module", help="Train only these top-level modules, e.g. head,edge.")
+    loss = parser.add_argument_group("loss")
+    losses = "ce2p: Lovasz + CE, edge and consistency (CE2P); ce: plain CE on the parsing logits."
+    add_flag(loss, "loss", default="ce2p", choices=LOSSES, help=losses)
+    add_flag(loss, "lambda-s", type=float, default=1.0, help="Weight of the parsing losses.")
+    add_flag(loss, "lambda-e", type=float, default=1.0, help="Weight of the edge loss.")
+    add_flag(loss, "lambda-c", type=float, default=0.1, help="Weight of the consistency loss.")
+    consistency = "Consistency of soft (differentiable) or hard (argmax) parsing edges."
+    add_flag(loss, "cons_loss_type", default="soft", choices=CONSISTENCY_MODES, help=consistency)
+    schp = parser.add_argument_group("self-correction (SCHP)")
+    schp_start = (
+        "Epoch where SCHP cycles start; None: the last 5 cycles (--epochs - 5 x --cycle-epochs, "
+        "the seed's 100 of 150), fewer when 5 do not fit after the warmup."
+    )
+    add_flag(schp, "schp-start", type=int, default=None, help=schp_start)
+    add_flag(schp, "cycle-epochs", type=int, default=10, help="Epochs per SCHP cycle.")
+    add_flag(schp, "schp-restore", type=optional_path, help="Teacher weights (and its cycle_n).")
+    add_flag(schp, "reset_schp_cycle", action="store_true", help="Cycle 0 after --schp-restore.")
+    no_schp = "No self-correction at all: cosine LR to the last epoch, no aggregation."
+    add_flag(schp, "no-schp", action="store_true", help=no_schp)
+    data = parser.add_argument_group("training data")
+    add_flag(data, "num_samples", type=int, default=-1, help="Seeded random subset size (-1: all).")
+    on_off = argparse.BooleanOptionalAction
+    add_flag(data, "random-mirror", action=on_off, default=True, help="Random horizontal flips.")
+    add_flag(data, "random-scale", action=on_off, default=True, help="Random scale and rotation.")
+    run = parser.add_argument_group("run")
+    heads = "full: CE2P edge + fusion heads; plain: SegFormer decoder only (needs --loss ce)."
+    add_flag(run, "heads", default="full", choices=HEADS, help=heads)
+    pretrain = (
+        "ImageNet backbone weights (NVlabs mit_b*.pth, HF mit-b*, SCHP resnet101); None: off."
+    )
+    add_flag(run, "imagenet-pretrain", type=optional_path, help=pretrain)
+    add_flag(run, "resume", help="checkpoint.pth.tar of a run to continue exactly.")
+    add_flag(run, "eval-epochs", type=int, default=10, help="Save checkpoint_{N} every N epochs.")
+    add_flag(run, "val-every", type=int, default=0, help="Validate every N epochs (0: never).")
+    add_flag(run, "print-freq", type=int, default=10, help="Progress-bar update every N steps.")
+    add_flag(run, "seed", type=int, default=0, help="Seed of sampling, augmentation and init.")
+
+
+def check_train_args(args: argparse.Namespace, device: torch.device) -> None:
+    """Refuse inconsistent flags before anything is built or written, one line each; fill in
+    the default --schp-start."""
+    for name in ("epochs", "cycle_epochs", "eval_epochs", "print_freq"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+    for name in ("val_every", "warmup_epochs", "seed"):
+        if getattr(args, name) < 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 0; got {getattr(args, name)}")
+    if args.schp_start is None:
+        args.schp_start = default_schp_start(args.epochs, args.cycle_epochs, args.warmup_epochs)
+    if args.heads == "plain" and args.loss != "ce":
+        raise SystemExit(
+            "--heads plain has no edge/fusion outputs for the CE2P loss; add --loss ce"
+        )
+    if args.schp_start > args.epochs and not args.no_schp:
+        raise SystemExit(
+            f"--schp-start {args.schp_start} is beyond --epochs {args.epochs}; no self-correction "
+            "cycle would ever end: lower --schp-start or raise --epochs"
+        )
+    if not 0 <= args.start_epoch < args.epochs:
+        raise SystemExit(f"--start-epoch {args.start_epoch} is outside 0..{args.epochs - 1}")
+    for flag in ("imagenet_pretrain", "model_restore", "schp_restore", "resume"):
+        path = getattr(args, flag)
+        if path is not None and not Path(path).exists():  # a file or a model folder
+            raise SystemExit(f"{path}: file not found (--{flag.replace('_', '-')}); check the path")
+    if args.amp == "fp16" and device.type == "cpu":
+        raise SystemExit(
+            "--amp fp16 on CPU: float16 kernels are emulated there (about 40x slower than "
+            "fp32); use --amp bf16 or --amp off on CPU, fp16 on CUDA"
+        )
 
 
 def apply_gpu_flag(gpu: str | None) -> None:

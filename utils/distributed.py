@@ -9,8 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from networks.norm import convert_sync_batchnorm
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,14 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def cleanup(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed torch (dropout, DropPath) from (seed, epoch, rank): resume and DDP stay exact."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
+
+
+def distribute(model: nn.Module, info: DistInfo) -> nn.Module:
+    """Synchronised BatchNorm (BatchNormAct2d's activation kept) in a DistributedDataParallel."""
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(convert_sync_batchnorm(model), device_ids=device_ids)

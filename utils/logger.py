@@ -113,3 +113,11 @@ def plot_curves(epochs: list[dict], path: str | Path) -> None:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     finally:
         plt.close(fig)
+
+
+def write_epoch_logs(log_dir: Path, history: list[dict], parts: tuple[str, ...]) -> None:
+    """loss_per_epoch.txt (the seed's columns) and curves.png of the epoch records, atomically."""
+    rows = [[str(r["epoch"])] + [f"{r[k]:.6f}" for k in parts] for r in history]
+    text = "".join(", ".join(row) + "\n" for row in rows)
+    atomic_write(log_dir / "loss_per_epoch.txt", lambda tmp: Path(tmp).write_text(text))
+    plot_curves(history, log_dir / "curves.png")

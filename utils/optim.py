@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from utils.checkpoint import unwrap_model
+
 OPTIMIZERS = ("sgd", "adamw_naive", "adamw_custom", "segce2p_phase_1", "segce2p_phase_2")
 HEAD_LR_MULT = 10.0
 STAGE_LR_DECAY = 0.7  # segce2p_phase_2: stage k of n gets L * 0.7^(n - k)
@@ -234,3 +236,12 @@ def format_param_groups(rows: list[ParamGroupInfo]) -> str:
     total_params = sum(row.num_params for row in rows)
     lines.append(f"{'total':<20} {total_tensors:>8} {total_params:>12,}")
     return "\n".join(lines)
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """Train mode, except top-level modules without trainable parameters (kept frozen)."""
+    model.train()
+    for child in unwrap_model(model).children():
+        params = list(child.parameters())
+        if params and not any(p.requires_grad for p in params):
+            child.eval()
