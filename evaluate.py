@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets.images import init_decode_worker
-from datasets.labels import LabelSet
+from datasets.label_set import LabelSet
 from datasets.lip import LIPDataset, data_error_line
 from inference.predict import labels_to_original, predict_logits
 from networks import build_model

@@ -46,7 +46,7 @@ from datasets.images import (
     output_names,
 )
 from inference.api import HumanParser
-from inference.masks import HULL_MODES, KINDS
+from inference.mask_rules import HULL_MODES, KINDS
 from inference.outputs import Writer
 from inference.predict import autocast
 from inference.temporal import VideoSmoothing, smooth_alpha

@@ -34,13 +34,9 @@ import numpy as np
 from tqdm import tqdm
 
 from datasets.deepfashion import colour_table, map_deepfashion, read_sample, sample_sheet
-from datasets.labels import (
-    IGNORE_INDEX,
-    LUT_SIZE,
-    LabelConfig,
-    load_label_config,
-)
-from utils.fileio import TEMP_SUFFIX, remove_stale_temp_files
+from datasets.label_set import IGNORE_INDEX, LUT_SIZE
+from datasets.labels import LabelConfig, load_label_config
+from utils.fileio import atomic_write, remove_stale_temp_files
 from utils.logger import setup_logging
 
 logger = logging.getLogger("preprocess_deepfashion")
@@ -192,14 +188,8 @@ def split_ids(ids: list[str], num_train: int, num_val: int | None, seed: int) ->
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name in the same folder, then rename it to ``path``.
-
-    The temporary name ``.<name>.<pid>.tmp`` is of `utils.fileio`'s pattern, so that
-    `remove_stale_temp_files` clears what a killed run left.
-    """
-    temp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
-    temp.write_bytes(data)
-    os.replace(temp, path)
+    """`data` to `path` through `utils.fileio.atomic_write` (never a half-written file)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def prepare_dest(dest: Path, mapping_cfg: Path, splits: dict) -> None:

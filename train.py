@@ -49,7 +49,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from datasets.labels import LabelSet
+from datasets.label_set import LabelSet
 from datasets.lip import LIPDataset, check_samples, data_error_line
 from datasets.loaders import augmented_train_set, prepare_batch, train_loader
 from evaluate import build_eval_dataset, evaluate

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.images import init_decode_worker  # noqa: E402
-from datasets.labels import LabelSet  # noqa: E402
+from datasets.label_set import LabelSet  # noqa: E402
 from datasets.lip import LIPDataset, collate_samples, read_label_png  # noqa: E402
 from datasets.transforms import generate_edge, normalize_batch  # noqa: E402
 from networks.contracts import DEFAULT_INPUT_SIZE  # noqa: E402

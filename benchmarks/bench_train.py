@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_model import NUM_CLASSES, build_pair  # noqa: E402
-from datasets.labels import IGNORE_INDEX  # noqa: E402
+from datasets.label_set import IGNORE_INDEX  # noqa: E402
 from datasets.transforms import generate_edge  # noqa: E402
 from networks import MODELS  # noqa: E402
 from networks.contracts import DEFAULT_INPUT_SIZE  # noqa: E402

@@ -4,6 +4,7 @@ DeepFashion preprocessing helpers (``deepfashion``) and procedural demo people (
 Only the label-set API is re-exported here; import the other modules directly.
 """
 
-from datasets.labels import IGNORE_INDEX, LabelConfig, LabelSet, load_label_config
+from datasets.label_set import IGNORE_INDEX, LabelSet
+from datasets.labels import LabelConfig, load_label_config
 
 __all__ = ["IGNORE_INDEX", "LabelConfig", "LabelSet", "load_label_config"]

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from datasets.labels import LUT_SIZE, SEED_SKIN_PLACEHOLDER, LabelSet, voc_palette
+from datasets.label_set import LUT_SIZE, LabelSet, voc_palette
+from datasets.labels import SEED_SKIN_PLACEHOLDER
 
 SEGM_NUM_CLASSES = 24  # DeepFashion-MultiModal parsing labels 0..23
 DENSEPOSE_NUM_PARTS = 25  # DensePose part index I: 0 (background) .. 24

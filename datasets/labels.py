@@ -22,24 +22,33 @@ seed's files load unchanged.
 
 from __future__ import annotations
 
-import copy
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 import yaml
 
+from datasets.label_set import (
+    IGNORE_INDEX,
+    LUT_SIZE,
+    LabelSet,
+    as_flip_pairs,
+    as_id,
+    as_palette,
+    format_ids,
+)
+
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
-LUT_SIZE = 256  # one entry per uint8 label value
 MAX_RAW_ID = IGNORE_INDEX - 1  # 255 always maps to itself
 SEED_SKIN_PLACEHOLDER = 15  # the seed's "Skin" placeholder in segm_to_merged
 SKIN_SOURCE = "densepose"  # the space whose map resolves the skin placeholder
 SPACE_ALIASES = {"lip_merged": "merged"}
+CLASSES_SUFFIX = "_classes"
+MAP_SEPARATOR = "_to_"
 OPTIONAL_KEYS = (  # keys besides <space>_classes and <src>_to_<dst>
     "palettes",
     "flip_pairs",
@@ -49,156 +58,6 @@ OPTIONAL_KEYS = (  # keys besides <space>_classes and <src>_to_<dst>
     "description",
     "skin_placeholder",
 )
-CLASSES_SUFFIX = "_classes"
-MAP_SEPARATOR = "_to_"
-MAX_LISTED_IDS = 5  # ids quoted in one error line
-PALETTE_BITS = 8
-
-
-def voc_palette(num_colours: int) -> np.ndarray:
-    """(num_colours, 3) uint8 PASCAL-VOC bit colormap (SCHP's): id bits go to R, G, B, MSB first."""
-    ids = np.arange(num_colours)
-    palette = np.zeros((num_colours, 3), np.uint8)
-    for bit in range(PALETTE_BITS):
-        for channel in range(3):
-            bits = (ids >> (3 * bit + channel)) & 1
-            palette[:, channel] |= (bits << (PALETTE_BITS - 1 - bit)).astype(np.uint8)
-    return palette
-
-
-def _format_ids(ids: list[int]) -> str:
-    shown = ", ".join(str(i) for i in ids[:MAX_LISTED_IDS])
-    return shown + (f" (+{len(ids) - MAX_LISTED_IDS} more)" if len(ids) > MAX_LISTED_IDS else "")
-
-
-def _as_id(value: Any) -> int | None:
-    """An integer id from an int or a digit string (YAML keys may be either); None otherwise."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def _plain(value: Any) -> Any:
-    """Plain dicts and lists all the way down (checkpoints load with weights_only=True)."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
-
-
-def _as_palette(colours: Any, num_classes: int) -> np.ndarray:
-    """(K, 3) uint8 colours from [[r, g, b], ...]; None gives the VOC colours."""
-    if colours is None:
-        return voc_palette(num_classes)
-    fix = "give one [r, g, b] triple of 0..255 per class, or leave it out for the VOC colours"
-    array = np.asarray(colours)
-    if array.ndim != 2 or array.shape[1] != 3 or array.dtype.kind not in "iu" or array.size == 0:
-        raise ValueError(f"palette is not a list of [r, g, b] triples; {fix}")
-    if array.min() < 0 or array.max() > IGNORE_INDEX:
-        raise ValueError(f"palette values must lie in 0..255; {fix}")
-    if len(array) != num_classes:
-        raise ValueError(f"palette has {len(array)} colours for {num_classes} classes; {fix}")
-    return array.astype(np.uint8)
-
-
-def _as_flip_pairs(pairs: Any, num_classes: int) -> tuple[tuple[int, int], ...]:
-    seen: set[int] = set()
-    result = []
-    for left, right in pairs:
-        left, right = int(left), int(right)
-        if left == right or min(left, right) < 0 or max(left, right) >= num_classes:
-            raise ValueError(f"bad flip pair ({left}, {right}); use two different class ids")
-        if {left, right} & seen:
-            raise ValueError(f"flip pair ({left}, {right}) reuses a class; list each in one pair")
-        seen |= {left, right}
-        result.append((left, right))
-    return tuple(result)
-
-
-@dataclass(frozen=True, eq=False)
-class LabelSet:
-    """An ordered set of classes with display colours, left/right pairs and try-on mask rules.
-
-    Args:
-        name: the space's name in its YAML file (``lip``, ``merged``, ``coarse``...).
-        names: class names; class id = position.
-        palette: (K, 3) uint8 colours; None gives the PASCAL-VOC bit colormap.
-        flip_pairs: pairs of class ids that a horizontal flip swaps.
-        mask_rules: try-on mask rules for ``inference/masks.py`` (plain python types).
-    """
-
-    name: str
-    names: tuple[str, ...]
-    palette: np.ndarray | None = None
-    flip_pairs: tuple[tuple[int, int], ...] = ()
-    mask_rules: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        names = tuple(self.names)
-        if not 1 <= len(names) <= IGNORE_INDEX:
-            raise ValueError(f"label set '{self.name}' has {len(names)} classes; use 1..255")
-        if not all(isinstance(name, str) and name for name in names):
-            raise ValueError(f"label set '{self.name}': every class name must be non-empty text")
-        try:
-            palette = _as_palette(self.palette, len(names))
-            pairs = _as_flip_pairs(self.flip_pairs, len(names))
-        except ValueError as err:
-            raise ValueError(f"label set '{self.name}': {err}") from None
-        palette.setflags(write=False)
-        object.__setattr__(self, "names", names)
-        object.__setattr__(self, "palette", palette)
-        object.__setattr__(self, "flip_pairs", pairs)
-        object.__setattr__(self, "mask_rules", _plain(self.mask_rules))
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.names)
-
-    def flip_permutation(self) -> np.ndarray:
-        """(K,) int64 class permutation of a horizontal flip: identity with the pairs swapped."""
-        permutation = np.arange(self.num_classes, dtype=np.int64)
-        for left, right in self.flip_pairs:
-            permutation[left], permutation[right] = right, left
-        return permutation
-
-    def flat_palette(self) -> list[int]:
-        """768 ints for ``PIL.Image.putpalette``; ids past the set (255 too) keep VOC colours."""
-        colours = voc_palette(LUT_SIZE)
-        colours[: self.num_classes] = self.palette
-        return colours.ravel().tolist()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain python types, as stored in checkpoints."""
-        return {
-            "name": self.name,
-            "names": list(self.names),
-            "palette": self.palette.tolist(),
-            "flip_pairs": [list(pair) for pair in self.flip_pairs],
-            "mask_rules": copy.deepcopy(self.mask_rules),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LabelSet:
-        """Inverse of ``to_dict``; palette, flip pairs and mask rules are optional."""
-        if not isinstance(data, dict) or not {"name", "names"} <= data.keys():
-            raise ValueError("label set entry lacks 'name'/'names'; pass the label config YAML")
-        return cls(
-            name=data["name"],
-            names=tuple(data["names"]),
-            palette=data.get("palette"),
-            flip_pairs=tuple(tuple(pair) for pair in data.get("flip_pairs", ())),
-            mask_rules=data.get("mask_rules") or {},
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, LabelSet):
-            return NotImplemented
-        return self.to_dict() == other.to_dict()
 
 
 @dataclass(frozen=True)
@@ -228,33 +87,6 @@ class LabelConfig:
             available = ", ".join(f"{s}{MAP_SEPARATOR}{d}" for s, d in self.maps) or "none"
             raise ValueError(f"{self.path}: no map {src} -> {dst} (maps: {available}); add it")
         return table
-
-
-def apply_lut(label: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Map a label array of ids 0..255 through a (256,) table; returns uint8 of the same shape."""
-    table = np.asarray(lut)
-    if table.shape != (LUT_SIZE,):
-        raise ValueError(f"lookup table shape {table.shape} != (256,); use LabelConfig.lut()")
-    label = np.asarray(label)
-    if label.dtype != np.uint8 and label.size and (label.min() < 0 or label.max() > IGNORE_INDEX):
-        raise ValueError(f"label ids {label.min()}..{label.max()} exceed 0..255; read class ids")
-    return table.astype(np.uint8)[label]
-
-
-def check_label_ids(label: np.ndarray, label_set: LabelSet | int, path: str | Path) -> None:
-    """Raise ValueError naming ``path`` when ``label`` holds ids outside the set (255 allowed)."""
-    num_classes = label_set if isinstance(label_set, int) else label_set.num_classes
-    label = np.asarray(label)
-    outside = ((label < 0) | (label >= num_classes)) & (label != IGNORE_INDEX)
-    if not outside.any():
-        return
-    bad = np.unique(label[outside]).tolist()
-    ids = f"label id {bad[0]} is" if len(bad) == 1 else f"label ids {_format_ids(bad)} are"
-    name = "" if isinstance(label_set, int) else f" '{label_set.name}'"
-    raise ValueError(
-        f"{path}: {ids} outside the {num_classes}-class set{name}; "
-        "map it with --do_mapping/--lip_map_cfg or fix the file"
-    )
 
 
 class _Mapping(dict):
@@ -366,7 +198,7 @@ class _Parser:
                     f"masks.{space}", "expected a mapping of mask rules; see inference/masks.py"
                 )
             try:
-                palette = _as_palette(palettes.get(space), len(space_names))
+                palette = as_palette(palettes.get(space), len(space_names))
             except ValueError as err:
                 self.fail(f"palettes.{space}", str(err))
             spaces[space] = LabelSet(
@@ -383,7 +215,7 @@ class _Parser:
             self.fail(key, f"got {type(value).__name__}; write a list or an {{id: ...}} mapping")
         table: dict[int, Any] = {}
         for raw_key, item in value.items():
-            index = _as_id(raw_key)
+            index = as_id(raw_key)
             if index is None:
                 self.fail(key, f"{what} {raw_key!r} is not an integer >= 0; use ids 0, 1, 2...")
             if index in table or raw_key in value.duplicates:
@@ -394,7 +226,7 @@ class _Parser:
     def check_gaps(self, key: str, ids: Any, count: int, what: str, fix: str) -> None:
         missing = sorted(set(range(count)) - set(ids))
         if missing:
-            self.fail(key, f"{what} {_format_ids(missing)} missing (gap in 0..{count - 1}); {fix}")
+            self.fail(key, f"{what} {format_ids(missing)} missing (gap in 0..{count - 1}); {fix}")
 
     def class_names(self, key: str, value: Any) -> tuple[str, ...]:
         table = self.id_table(key, value, "class id")
@@ -435,7 +267,7 @@ class _Parser:
         if placeholder is None and has_resolver:
             key, placeholder = f"{key} (default for a {SKIN_SOURCE} map)", SEED_SKIN_PLACEHOLDER
         elif placeholder is not None:
-            if _as_id(placeholder) != placeholder or placeholder > MAX_RAW_ID:
+            if as_id(placeholder) != placeholder or placeholder > MAX_RAW_ID:
                 self.fail(key, f"{placeholder!r} is not an id in 0..{MAX_RAW_ID}; fix the value")
             if not has_resolver:
                 self.fail(key, f"no {SKIN_SOURCE}_to_<dst> map resolves it; add one or drop it")
@@ -457,7 +289,7 @@ class _Parser:
                 self.fail(
                     key, f"raw id {raw_id} is outside '{src}' (0..{last_raw}); fix or drop it"
                 )
-            if _as_id(target_id) != target_id or not (
+            if as_id(target_id) != target_id or not (
                 target_id < num_dst or target_id in (IGNORE_INDEX, placeholder)
             ):
                 valid = f"0..{num_dst - 1} of '{dst}' (255 = ignore)"
@@ -491,7 +323,7 @@ class _Parser:
                     self.fail(key, f"{what} class {class_name!r}; use one of {', '.join(names)}")
             pairs.append((names.index(pair[0]), names.index(pair[1])))
         try:
-            return _as_flip_pairs(pairs, len(names))
+            return as_flip_pairs(pairs, len(names))
         except ValueError as err:
             self.fail(key, str(err))
 
@@ -500,5 +332,5 @@ class _Parser:
             produced = {t for (_, d), table in maps.items() if d == dst for t in table.values()}
             unreached = [i for i in range(len(names[dst])) if i not in produced]
             if unreached:
-                ids = _format_ids(unreached)
+                ids = format_ids(unreached)
                 logger.warning("%s: no raw id maps to %s class %s", self.path, dst, ids)

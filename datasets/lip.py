@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from datasets.images import init_decode_worker
-from datasets.labels import LabelSet, check_label_ids
+from datasets.label_set import LUT_SIZE, LabelSet, check_label_ids
 from datasets.transforms import (
     FLIP_PROB,
     ROTATION_FACTOR,
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 LABEL_SUFFIXES = (".png", "_segm.png")  # LIP first, then DeepFashion-MultiModal
 _LABEL_MODES = ("L", "P")  # single-channel class indices (palette PNGs give their indices)
-_LUT_SIZE = 256
 _IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION  # label grids ignore EXIF too
 TARGET_DTYPES = {torch.int64: np.int64, torch.uint8: np.uint8}  # label/edge dtypes on offer
 IMAGE_DTYPES = (torch.float32, torch.uint8)  # normalised, or raw bytes for `normalize_batch`
@@ -220,7 +219,7 @@ class LIPDataset(Dataset):
         self._flip_lut = None if label_set is None else flip_lut(label_set)
         if label_lut is not None:
             label_lut = np.asarray(label_lut)
-            if label_lut.shape != (_LUT_SIZE,) or label_lut.dtype != np.uint8:
+            if label_lut.shape != (LUT_SIZE,) or label_lut.dtype != np.uint8:
                 raise ValueError(
                     f"label_lut must be a (256,) uint8 array, got "
                     f"{label_lut.shape} {label_lut.dtype}"

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from datasets.images import init_decode_worker
-from datasets.labels import LabelSet
+from datasets.label_set import LabelSet
 from datasets.lip import LIPDataset, collate_samples
 from datasets.transforms import (
     FLIP_PROB,

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.dolls import render_doll
-from datasets.labels import LUT_SIZE, voc_palette
+from datasets.label_set import LUT_SIZE, voc_palette
 
 LIP_SIZE = (256, 192)  # default (H, W) of LIP dolls; each image varies around it
 DF_SIZE = (1101, 750)  # DeepFashion-MultiModal images are 750 wide, 1101 high

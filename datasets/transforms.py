@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from datasets.labels import IGNORE_INDEX, LabelSet
+from datasets.label_set import IGNORE_INDEX, LabelSet
 from networks.contracts import InputSpec
 
 EDGE_WIDTH = 3  # edge targets are dilated with an EDGE_WIDTH x EDGE_WIDTH box (SCHP: 3)

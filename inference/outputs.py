@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from inference.api import HumanParser
-from inference.masks import MaskControls, build_mask, get_mask_rules
+from inference.mask_rules import MaskControls, get_mask_rules
+from inference.masks import build_mask
 from inference.predict import argmax_labels
 from inference.quality import confidence, photo_cells, quality_record
 from inference.report import OVERLAY_ALPHA, Manifest, contact_row, write_contact_row, write_report

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from datasets.labels import IGNORE_INDEX, LabelSet
+from datasets.label_set import IGNORE_INDEX, LabelSet
 from datasets.transforms import get_affine_transform
 from inference.predict import LOGIT_STRIDE
 

@@ -21,8 +21,7 @@ import cv2
 import numpy as np
 import yaml
 
-from datasets.labels import IGNORE_INDEX, LabelSet, voc_palette
-from inference.masks import LUT_SIZE, _name_index, _normalise
+from datasets.label_set import IGNORE_INDEX, LUT_SIZE, LabelSet, class_index, class_key, voc_palette
 
 FORMATS_PATH = Path(__file__).resolve().parents[1] / "mappings" / "tryon_formats.yaml"
 DEFAULT_FORMAT = "default"  # extract.py's own layout: parsing/, masks/<kind>/, overlay/
@@ -162,19 +161,19 @@ def load_format(
                 f"{name} needs; pass --approximate-left-right to split them at the person's "
                 "midline (right in the image = the person's left), or use a LIP-20 model"
             )
-        target = {_normalise(c): i for i, c in enumerate(classes)}
-        source = _name_index(label_set)
+        target = {class_key(c): i for i, c in enumerate(classes)}
+        source = class_index(label_set)
 
         def target_id(class_name: str) -> int:
-            if _normalise(class_name) not in target:
+            if class_key(class_name) not in target:
                 raise ValueError(
                     f"{path}: formats.{name}: unknown format class '{class_name}'; use one of "
                     f"{', '.join(classes)}"
                 )
-            return target[_normalise(class_name)]
+            return target[class_key(class_name)]
 
         for source_name, goal in entry["classes"].items():
-            source_id = source[_normalise(source_name)]
+            source_id = source[class_key(source_name)]
             if isinstance(goal, list):
                 if len(goal) != 2:
                     raise ValueError(f"{path}: formats.{name}: split {goal} needs two classes")
@@ -185,7 +184,7 @@ def load_format(
     lut.setflags(write=False)
     palette = voc_palette(LUT_SIZE)
     agnostic = spec.get("agnostic") or {}
-    ids = {_normalise(c): i for i, c in enumerate(classes)}
+    ids = {class_key(c): i for i, c in enumerate(classes)}
     return TryOnFormat(
         name=name,
         files=dict(spec["files"]),
@@ -194,20 +193,20 @@ def load_format(
         mask_kind=spec.get("mask_kind"),
         lut=lut,
         splits=tuple(splits),
-        parse_drop=tuple(ids[_normalise(c)] for c in agnostic.get("parse_drop", ())),
-        image_keep=tuple(ids[_normalise(c)] for c in agnostic.get("image_keep", ())),
+        parse_drop=tuple(ids[class_key(c)] for c in agnostic.get("parse_drop", ())),
+        image_keep=tuple(ids[class_key(c)] for c in agnostic.get("image_keep", ())),
         grey=tuple(agnostic.get("grey", (128, 128, 128))),
     )
 
 
 def _entry_for(spec: Mapping, name: str, label_set: LabelSet, path) -> Mapping:
     """The `from:` entry whose source classes are exactly the label set's classes."""
-    wanted = {_normalise(n) for n in label_set.names}
+    wanted = {class_key(n) for n in label_set.names}
     for key, entry in (spec.get("from") or {}).items():
         if entry.get("label_set", key) != label_set.name:
             continue
         given = entry.get("classes") or ()
-        if {_normalise(n) for n in given} == wanted:
+        if {class_key(n) for n in given} == wanted:
             return entry
     raise ValueError(
         f"--format {name}: no conversion from label set '{label_set.name}' "

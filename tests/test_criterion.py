@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datasets.labels import IGNORE_INDEX
+from datasets.label_set import IGNORE_INDEX
 from datasets.transforms import generate_edge
 from networks import build_model
 from networks.contracts import ParsingOutput

@@ -16,6 +16,7 @@ import preprocess_deepfashion as prep
 from datasets.deepfashion import expand_labels, read_densepose, read_segm
 from datasets.labels import load_label_config
 from datasets.synthetic import make_deepfashion_dataset
+from utils import fileio
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMES = ["df_map_sans_torso", "df_map_with_torso", "df_map_sep"]
@@ -168,11 +169,12 @@ def test_resume_after_a_kill_gives_the_same_files(
         replace(temp, final)
 
     monkeypatch.setattr(os, "replace", killed_midway)
+    monkeypatch.setattr(fileio.shutil, "rmtree", lambda *a, **k: None)  # a kill runs no cleanup
     with pytest.raises(KeyboardInterrupt):
         run(src, tmp_path / "resumed")
-    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.undo()
     partial = tmp_path / "resumed"
-    assert list(partial.rglob(f".*{prep.TEMP_SUFFIX}"))  # a stray temp file is left
+    assert list(partial.rglob(f".*{fileio.TEMP_SUFFIX}"))  # a stray temp file is left
     for path in partial.rglob("*_segm.png"):  # nothing half-written under a final name
         assert Image.open(path).size == SMALL[::-1]
     run(src, partial)

@@ -8,14 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.labels import (
-    IGNORE_INDEX,
-    LabelSet,
-    apply_lut,
-    check_label_ids,
-    load_label_config,
-    voc_palette,
-)
+from datasets.label_set import IGNORE_INDEX, LabelSet, apply_lut, check_label_ids, voc_palette
+from datasets.labels import load_label_config
 
 MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from datasets.labels import IGNORE_INDEX, LabelSet
+from datasets.label_set import IGNORE_INDEX, LabelSet
 from datasets.lip import LIPDataset, check_samples, collate_samples, data_error_line
 from datasets.transforms import logits_to_original
 from networks.contracts import IMAGENET_RGB, SCHP_BGR

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datasets.labels import IGNORE_INDEX
+from datasets.label_set import IGNORE_INDEX
 from datasets.transforms import EDGE_WIDTH
 from utils.criterion import parsing_edge_map
 from utils.lovasz import lovasz_grad, lovasz_softmax

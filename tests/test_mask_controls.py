@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from datasets.labels import load_label_config
-from inference.masks import MaskControls, build_mask
+from inference.mask_rules import MaskControls
+from inference.masks import build_mask
 
 LIP_MAP = Path(__file__).resolve().parents[1] / "mappings" / "lip_map.yaml"
 MERGED = load_label_config(LIP_MAP).target  # Bkg, Upper-Face, Face, Arm, Leg, Upper-clothes, ...

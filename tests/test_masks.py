@@ -16,17 +16,18 @@ import pytest
 import yaml
 from PIL import Image
 
-from datasets.labels import LabelSet, load_label_config
-from inference.masks import (
+from datasets.label_set import LabelSet
+from datasets.labels import load_label_config
+from inference.mask_rules import (
     DEFAULT_RULES_PATH,
     KINDS,
     MaskRules,
     available_kinds,
-    build_mask,
     get_mask_rules,
     load_mask_rules,
     resolve_mask_rules,
 )
+from inference.masks import build_mask
 
 MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
 HEIGHT, WIDTH = 512, 320

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.labels import IGNORE_INDEX
+from datasets.label_set import IGNORE_INDEX
 from utils.metrics import ConfusionMatrix, format_markdown, save_confusion_png
 
 NUM_CLASSES = 7

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datasets.labels import IGNORE_INDEX, LabelSet
+from datasets.label_set import IGNORE_INDEX, LabelSet
 from datasets.transforms import (
     _edge_map,
     box_to_center_scale,

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from datasets.labels import IGNORE_INDEX
+from datasets.label_set import IGNORE_INDEX
 from datasets.transforms import EDGE_WIDTH
 from networks.contracts import ParsingOutput
 from networks.ops import resize_corners

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from datasets.labels import IGNORE_INDEX
+from datasets.label_set import IGNORE_INDEX
 
 
 def lovasz_grad(fg_sorted: Tensor, dtype: torch.dtype | None = None) -> Tensor:

@@ -29,7 +29,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from datasets.labels import IGNORE_INDEX
+from datasets.label_set import IGNORE_INDEX
 from utils.fileio import atomic_write
 
 PERCENT = 100.0
