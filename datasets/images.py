@@ -72,8 +72,8 @@ def keep_freed_heap() -> bool:
 
     A worker allocates and frees a few MB per sample (decoded photo, padded copy, warped crops);
     by default glibc trims the top of the heap once a few MB are free and serves large buffers
-    with fresh mmaps, so every sample page-faults its buffers back in (about 1 us per 4 kB page,
-    ~0.5 ms of a 5 ms sample). Process-wide; no effect off glibc. Returns whether it applied.
+    with fresh mmaps, so every sample page-faults its buffers back in (a tenth of a sample's
+    time, benchmarks/README.md). Process-wide; no effect off glibc. Returns whether it applied.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

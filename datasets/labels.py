@@ -13,11 +13,11 @@ A file defines label *spaces* and maps between them:
   ``description`` and ``skin_placeholder``.
 
 Skin placeholder: DeepFashion's segm class "Skin" is not mapped by a table; preprocessing splits it
-with the DensePose parts (seed §5.2). The seed writes it as target id 15, outside the 9-class merged
-space. ``skin_placeholder: P`` declares that id: maps may use it, ``LabelConfig.lut`` passes it
-through unchanged, and preprocessing replaces it before a label is used (``check_label_ids``
-rejects it). A file with a ``densepose_to_<dst>`` map and no such key gets the seed's 15, so the
-seed's files load unchanged.
+with the DensePose parts (the seed's `preprocess_deepfashion.py`). The seed writes it as target id
+15, outside the 9-class merged space. ``skin_placeholder: P`` declares that id: maps may use it,
+``LabelConfig.lut`` passes it through unchanged, and preprocessing replaces it before a label is
+used (``check_label_ids`` rejects it). A file with a ``densepose_to_<dst>`` map and no such key gets
+the seed's 15, so the seed's files load unchanged.
 """
 
 from __future__ import annotations

@@ -100,8 +100,8 @@ def _is_grey8_png(data: bytes) -> bool:
 def read_label_png(path: Path) -> np.ndarray:
     """(H, W) uint8 class indices of a mode L or P PNG (palette indices, never luminance).
 
-    8-bit greyscale PNGs (most label files) are decoded by OpenCV, about 30% faster than PIL with
-    the same values; palette and other PNGs go through PIL, which reads palette indices.
+    8-bit greyscale PNGs (most label files) are decoded by OpenCV, faster than PIL with the same
+    values; palette and other PNGs go through PIL, which reads palette indices.
     """
     data = Path(path).read_bytes()
     if _is_grey8_png(data):
@@ -128,12 +128,12 @@ def collate_samples(samples: list[dict]) -> dict:
     list of the samples' dicts.
 
     ``default_collate`` would turn every number of ``meta`` into its own small tensor, each sent
-    from the worker through its own shared-memory file: 11 % of the fastest loader's throughput
-    on CCP (2 workers, batch 4).
+    from the worker through its own shared-memory file, a cost the loader would pay per batch
+    (benchmarks/README.md).
 
     Images that are CHW views of HWC crops (``image_dtype=torch.uint8``) are stacked in that
-    memory order, a plain copy per image instead of a transposing one (0.18 vs 0.82 ms for 4
-    crops of 512x384): the batch is an (N, 3, H, W) channels-last tensor, which the model's
+    memory order, a plain copy per image instead of a transposing one: the batch is an
+    (N, 3, H, W) channels-last tensor, which the model's
     first conv takes as it is.
     """
     batch = default_collate(
@@ -161,7 +161,7 @@ class LIPDataset(Dataset):
         with_edge: also return the edge targets of the warped label (False: compute them on
             the batch with ``generate_edge(batch["label"])``, on the device).
         target_dtype: dtype of ``label`` and ``edge``; torch.uint8 moves 8x fewer bytes from the
-            workers (measured +50% images/s), cast with ``.long()`` on the device for the loss.
+            workers, cast with ``.long()`` on the device for the loss.
         image_dtype: torch.float32 (normalised) or torch.uint8: the warped bytes in the model's
             colour order, 4x fewer bytes from the workers; normalise the batch on the device
             with ``datasets.transforms.normalize_batch(images, input_spec)``.

@@ -26,8 +26,8 @@ ROTATION_CLIP_RATIO = 2.0  # SCHP clips the rotation at two rotation factors
 ROTATION_PROB = 0.6  # probability that a training sample is rotated at all
 FLIP_PROB = 0.5  # probability of a horizontal flip
 # warp_image pads 3-channel sources to 4 channels (one pass over the source) when they have at most
-# this many times the output's pixels; the warp itself costs per output pixel (measured: the
-# padding pass is ~10x cheaper per pixel than the time the 4-channel warp saves)
+# this many times the output's pixels; the warp itself costs per output pixel, and the padding
+# pass is cheaper per pixel than the time the 4-channel warp saves (benchmarks/README.md)
 RGBA_WARP_MAX_AREA = 4
 MIN_IMAGE_SIDE = 2  # px: the centre/scale box of a narrower image is empty (singular affine)
 _NUM_BYTE_VALUES = 256

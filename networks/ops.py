@@ -198,8 +198,8 @@ def tap_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
 
     A per-pixel matmul gives every tap's response (B, Cout·k·k, H, W), then a grouped conv with
     one-hot k x k kernels adds each output's k·k taps at their offsets (zero padding as the conv).
-    oneDNN's direct conv with 2 output channels (the edge branch's `conv4`) is ~2x slower than
-    the matmul, forward and backward (29 vs 13 ms per 256-channel 128x96 map, batch 2).
+    oneDNN's direct conv with 2 output channels (the edge branch's `conv4`) is slower than the
+    matmul, forward and backward (figures: benchmarks/README.md, "Measurements behind the code").
 
     Reference: `conv(x)`.
     """

@@ -48,7 +48,7 @@ def files_of(dest: Path) -> dict[str, bytes]:
     }
 
 
-# ---- the slow, obvious reference (seed §5.2) ------------------------------------------------
+# ---- the slow, obvious reference (the seed's preprocess_deepfashion.py) ----------------------
 
 
 def nearest_label(dense: list[list[int]], y: int, x: int) -> int:

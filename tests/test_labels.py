@@ -13,7 +13,7 @@ from datasets.labels import load_label_config
 
 MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
 
-# ---- seed tables, copied from reference/seed_repo_facts.md §5.5 and §5.6 ----
+# ---- the seed's tables (its mappings/*.yaml and the README's class lists) ----
 SEED_LIP = ["Bkg", "Hat", "Hair", "Gloves", "Sunglasses", "Upper-clothes", "Dress", "Coat",
             "Socks", "Pants", "Jumpsuits", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm",
             "Left-leg", "Right-leg", "Left-shoe", "Right-shoe"]  # fmt: skip
@@ -118,7 +118,7 @@ def test_check_label_ids_names_file_set_and_fix():
 
 def test_palette_defaults_to_schp_voc_colours_and_flat_palette_has_768_entries():
     lip = load_label_config(MAPPINGS / "lip_map.yaml").spaces["lip"]
-    # reference/schp_original_facts.md §1.11
+    # SCHP's get_palette (the PASCAL-VOC bit colormap)
     for class_id, rgb in {
         0: (0, 0, 0),
         5: (128, 0, 128),

@@ -1,6 +1,6 @@
 """Model registry, shapes, gradients, parameter counts and checkpoint key names.
 
-The seed's numbers (`reference/seed_repo_facts.md` §3): MiT-b4 backbone 60,842,688 parameters;
+The seed's numbers (its README's model summary): MiT-b4 backbone 60,842,688 parameters;
 `segformer_mit_b4` with 20 classes 61,781,260 including the unused `head.conv_seg` (2,580).
 """
 

@@ -36,7 +36,7 @@ def test_sgdr_lr_corners(epoch, expected):
 
 
 def test_sgdr_lr_reproduces_the_schp_table():
-    """Original SCHP defaults (L = 7e-3): values from `reference/schp_original_facts.md` §3.2."""
+    """Original SCHP defaults (L = 7e-3): its SGDRScheduler's table."""
     table = {0: 7.0e-5, 5: 3.535e-3, 10: 7.0e-3, 55: 3.535e-3, 105: 1.785e-3, 109: 1.54e-4}
     for epoch, expected in table.items():
         assert sgdr_lr(epoch, 7e-3, 150) == pytest.approx(expected, rel=2e-3)

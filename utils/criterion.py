@@ -15,7 +15,7 @@ mix of teacher probabilities and the one-hot label (upstream mixed logits before
 bug 9). Parsing targets use the teacher's fusion logits, edge targets its edge logits. Lovász keeps
 the hard label, as upstream.
 
-Decisions (see the issue and `reference/schp_original_facts.md` §2):
+Decisions (against the original SCHP's `utils/criterion.py` and `utils/kl_loss.py`):
 - KL normalisation: summed over classes, averaged over valid pixels (the seed's 'batchmean';
   upstream's 'mean' also divided by C). With this choice the KL against a one-hot target (α = 1)
   equals the CE exactly, so the loss scale does not jump when the cycles start.

@@ -5,19 +5,18 @@ Same semantics as the reference implementation used by SCHP (`per_image=False`,
 result is the mean over the classes present in the labels of the Lovász extension of the
 Jaccard loss applied to the sorted errors |1[y = c] - p_c|.
 
-The loss is a custom autograd function. Its forward sorts each present class's errors, computes
-the Lovász gradient vector g of the sorted foreground indicators, and returns
-mean_c dot(sorted errors, g). On CPU (`_row_lovasz_grad`, classes split over torch's intra-op
-threads) only the pixels that can have a non-zero g are sorted: past a class's last foreground
-pixel in the order g is 0, so background pixels with an error below the smallest foreground
-error are left out (~80 % of the (class, pixel) pairs of a trained model; exact, the kept ones
-sort to the full sort's prefix), and numpy's SIMD sort of (error bits, pixel index) words is
-~5x faster than `torch.sort`, which runs elsewhere. The forward makes one class-major copy of
-the probabilities and subtracts the foreground from it in place. The loss is piecewise linear
-in the errors, so its gradient w.r.t. the errors is g itself, put back in pixel order; the
-backward multiplies it by d|1[y = c] - p_c|/dp_c (-1 on the foreground, +1 elsewhere, 0 where
-the error is exactly 0, as autograd's `abs`). No autograd graph runs through the sort, gather
-or cumsum.
+The loss is a custom autograd function. Its forward sorts each present class's errors, computes the
+Lovász gradient vector g of the sorted foreground indicators, and returns mean_c dot(sorted errors,
+g). On CPU (`_row_lovasz_grad`, classes split over torch's intra-op threads) only the pixels that
+can have a non-zero g are sorted: past a class's last foreground pixel in the order g is 0, so
+background pixels with an error below the smallest foreground error are left out (most (class,
+pixel) pairs of a trained model; exact, the kept ones sort to the full sort's prefix), and numpy's
+SIMD sort of (error bits, pixel index) words is faster than `torch.sort` (`backend="torch"`, the
+path off CPU; figures in benchmarks/README.md). The forward makes one class-major copy of the
+probabilities and subtracts the foreground from it in place. The loss is piecewise linear in the
+errors, so its gradient w.r.t. the errors is g itself, put back in pixel order; the backward
+multiplies it by d|1[y = c] - p_c|/dp_c (-1 on the foreground, +1 elsewhere, 0 where the error is
+exactly 0, as autograd's `abs`). No autograd graph runs through the sort, gather or cumsum.
 
 Ignore pixels get error 0 and foreground 0: they sort to the tail, where they contribute nothing
 and leave the Jaccard gradient of every other pixel unchanged. Absent classes are skipped. Equal
@@ -54,7 +53,7 @@ def lovasz_grad(fg_sorted: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """
     if dtype is None:
         dtype = fg_sorted.dtype if fg_sorted.is_floating_point() else torch.float32
-    fg_cum = fg_sorted.to(dtype).cumsum(dim=1)  # float cumsum: ~3x faster than from bool
+    fg_cum = fg_sorted.to(dtype).cumsum(dim=1)  # a float cumsum: faster than one from bool
     gts = fg_cum[:, -1:].clone()  # (C, 1)
     rank = torch.arange(1, fg_sorted.shape[1] + 1, dtype=dtype, device=fg_sorted.device)
     # union = gts + #non-foreground in the top i+1 = gts + (i + 1) - fg_cum (exact integers, >= 1)
@@ -77,7 +76,7 @@ def _descending(errors: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
 
     float32 errors are sorted as uint64 words (~bits << 32 | index): the bit patterns of
     non-negative floats order like their values, and numpy's SIMD sort of uint64 values runs
-    ~1.5x faster than its argsort of the floats. Other dtypes use a stable argsort.
+    faster than its argsort of the floats. Other dtypes use a stable argsort.
     """
     if errors.dtype != np.float32 or errors.size >= 2**_INDEX_BITS or not _LITTLE_ENDIAN:
         if kept is None:
@@ -105,8 +104,8 @@ def _row_lovasz_grad(errors: np.ndarray, fg: np.ndarray, out: np.ndarray) -> Non
     loss). Those are the background pixels with an error below the smallest foreground error:
     they are not sorted and keep the 0 already in `out`; the others (ties at the threshold
     included) sort to the same prefix as a full sort, so the result is the full sort's. On a
-    CCP-trained b0 this keeps ~21 % of the (class, pixel) pairs; on the near-uniform predictions
-    of random weights only the foreground.
+    trained model this keeps a fraction of the (class, pixel) pairs; on the near-uniform
+    predictions of random weights only the foreground.
     """
     threshold = np.min(errors, where=fg, initial=np.inf)
     if np.isnan(threshold):  # NaN probabilities (a diverged model): a NaN loss, never a crash
@@ -180,7 +179,7 @@ class _LovaszSoftmax(torch.autograd.Function):
         pixels = flat_labels.numel()
         diff = probas.detach().transpose(0, 1).index_select(0, classes).view(-1, pixels)
         # - 1 at each valid pixel's own class: a K x P pass on all threads (P indexed updates
-        # are fewer operations but run on one thread: 8 vs 3.5 ms for 9 x 393k, 1 thread)
+        # are fewer operations but run on one thread, and take longer)
         diff.sub_(fg.to(diff.dtype)).masked_fill_(~valid, 0.0)
         errors = diff.abs()
         if backend == "numpy" or (backend == "auto" and errors.device.type == "cpu"):

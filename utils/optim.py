@@ -1,8 +1,9 @@
 """Optimizers and parameter groups for the seed's `--optimizer` choices.
 
-Rules (`reference/seed_repo_facts.md` §1), with L the base LR and "heads" = every top-level child
-of the model other than `backbone` (decided by module, so the ResNet model's `context_encoding` and
-`decoder` are heads too; the seed matched name substrings and missed them, bugs 17/18):
+Rules (the seed's `get_optimizer` in `train.py`), with L the base LR and "heads" = every top-level
+child of the model other than `backbone` (decided by module, so the ResNet model's
+`context_encoding` and `decoder` are heads too; the seed matched name substrings and missed them,
+bugs 17/18):
 
     sgd              one group, lr L, weight decay on everything, momentum, nesterov off
     adamw_naive      one group, lr L, weight decay on everything
@@ -218,8 +219,8 @@ def build_optimizer(
 
 def _fusable(param_groups: list[dict]) -> bool:
     """Whether torch's fused AdamW (one kernel for all parameters) takes these parameters:
-    floating point, on CPU or CUDA. Same update up to float rounding; on CPU a b0 step is 15.7
-    -> 3.4 ms (1 thread), where the default loops over ~200 tensors with several ops each."""
+    floating point, on CPU or CUDA. Same update up to float rounding, in one kernel where the
+    default loops over ~200 tensors with several ops each (benchmarks/README.md)."""
     params = [p for group in param_groups for p in group["params"]]
     return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 

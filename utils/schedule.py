@@ -6,7 +6,7 @@ With L the base LR, η = L/100, W warmup epochs, S = schp_start and C = cycle_ep
     W <= e < S   cosine annealing   η + (L - η)·(1 + cos(π·(e - W)/(S - W)))/2
     e >= S       SCHP cycles        η + (L/2 - η)·(1 + cos(π·((e - S) mod C)/C))/2
 
-(the seed's `SGDRScheduler`, `reference/seed_repo_facts.md` §7; when S <= W the warmup takes
+(the seed's `SGDRScheduler` in `utils/schedule.py`; when S <= W the warmup takes
 precedence). `sgdr_lr` gives the LR of a group with multiplier 1; `apply_lr` scales it by each
 param group's `lr_mult` in every phase (the seed lost the multipliers in the cyclic phase and
 started every group's warmup at η; here a ×10 head group runs at 10·η, 10·L, 10·L/2, ...).
