@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from datasets.dolls import render_doll
 from datasets.images import list_inputs, prepare_image, read_image_rgb
 from inference.api import HumanParser
 from utils.cli import hw_pair
@@ -119,8 +120,6 @@ def check_photo(args: argparse.Namespace, input_size: tuple[int, int]) -> np.nda
         if image is None:
             raise SystemExit(f"{args.data_dir}: no readable image; pass --check-image")
         return image
-    from datasets.dolls import render_doll
-
     doll = render_doll(np.random.default_rng(DOLL_SEED), *input_size, DOLL_PERSON_SCALE)
     return np.ascontiguousarray(doll["image"][..., ::-1])  # BGR -> RGB
 
