@@ -2,6 +2,8 @@
 
 from inference.api import HumanParser
 parser = HumanParser.from_checkpoint("log/run/best.pth.tar", device="cuda")
+parser.save_pretrained("models/my-parser")  # model.safetensors + config.json + README.md
+parser = HumanParser.from_pretrained("models/my-parser")  # or a Hub repo id, "owner/name"
 labels = parser.parse(image)            # (H, W) uint8 class ids at the photo's size
 mask = parser.masks(image, "upper")     # (H, W) uint8, 0 or 255
 
@@ -24,6 +26,7 @@ from datasets.labels import LabelSet
 from datasets.transforms import MIN_IMAGE_SIDE, logits_to_original
 from inference.masks import MaskControls, build_mask
 from inference.predict import labels_to_original, predict_logits
+from inference.pretrained import resolve_model_folder, run_files, save_model_folder
 from networks import build_model
 from networks.contracts import DEFAULT_INPUT_SIZE, MIN_INPUT_SIDE
 from networks.weights import WeightsError, load_weights, read_checkpoint
@@ -73,6 +76,8 @@ class HumanParser:
         flip: average with the mirrored photo; scales: test scales of the crop.
     """
 
+    source: Path | None = None  # the checkpoint or model folder `from_checkpoint` read
+
     def __init__(
         self,
         model: nn.Module,
@@ -103,12 +108,13 @@ class HumanParser:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", **kwargs) -> HumanParser:
-        """Load a self-describing checkpoint written by train.py (arch, label set, input size).
+        """Load a self-describing checkpoint written by train.py (arch, label set, input size),
+        or a model folder (`save_pretrained`).
 
         Keyword arguments go to `HumanParser` (`input_size` overrides the training crop).
         Raises FileNotFoundError or ValueError with a message naming the file and the fix.
         """
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no such checkpoint; check the path")
         state = read_checkpoint(path)  # WeightsError (a ValueError) names the file and fix
         if "arch" not in state or not state.get("label_set"):
@@ -123,7 +129,43 @@ class HumanParser:
             raise ValueError(f"{path}: {err}") from None
         input_size = kwargs.pop("input_size", None) or state["input"]["size"]
         label_set = LabelSet.from_dict(state["label_set"])
-        return cls(model, label_set, input_size, resolve_device(device), **kwargs)
+        parser = cls(model, label_set, input_size, resolve_device(device), **kwargs)
+        parser.source = Path(path)
+        return parser
+
+    @classmethod
+    def from_pretrained(
+        cls, folder_or_repo_id: str | Path, device: str = "auto", **kwargs
+    ) -> HumanParser:
+        """Load a model folder (`save_pretrained`), local or a Hugging Face Hub repo id.
+
+        A repo id ("owner/name") is fetched with huggingface_hub (config.json, model.safetensors
+        and README.md only). Keyword arguments are those of `from_checkpoint`.
+        Raises FileNotFoundError, ValueError or, offline, ConnectionError with one line.
+        """
+        return cls.from_checkpoint(resolve_model_folder(folder_or_repo_id), device, **kwargs)
+
+    def save_pretrained(
+        self,
+        folder: str | Path,
+        args_json: str | Path | None = None,
+        results_json: str | Path | None = None,
+    ) -> Path:
+        """Write a model folder: model.safetensors, config.json and a model card README.md.
+
+        Args:
+            args_json, results_json: train.py's args.json and evaluate.py's results.json for
+                the card; by default those next to the checkpoint this parser was loaded from.
+        """
+        found_args, found_results = run_files(self.source)
+        return save_model_folder(
+            self.model,
+            self.label_set,
+            self.input_size,
+            folder,
+            args_json=args_json or found_args,
+            results_json=results_json or found_results,
+        )
 
     def predict(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, C, h, w) fusion logits (stride 4) of (N, 3, H, W) normalised crops."""

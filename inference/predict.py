@@ -19,6 +19,7 @@ from torch import nn
 
 from datasets.transforms import inverse_theta, logits_to_original
 from networks.contracts import MIN_INPUT_SIDE
+from networks.ops import resize_corners
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LOGIT_STRIDE = 4  # ParsingOutput logits are N x C x ceil(H/4) x ceil(W/4)
@@ -79,7 +80,7 @@ def predict_logits(
         batch = images
         if scale != 1.0:
             scaled = tuple(max(MIN_INPUT_SIDE, round(side * scale)) for side in (h, w))
-            batch = F.interpolate(images, size=scaled, mode="bilinear", align_corners=True)
+            batch = resize_corners(images, scaled)
         if flip_permutation is not None:
             batch = torch.cat([batch, batch.flip(-1)])  # (2N, 3, h', w')
         with autocast(images.device, amp):
@@ -87,8 +88,7 @@ def predict_logits(
         if flip_permutation is not None:
             flipped = fusion[n:].flip(-1)[:, flip_permutation.to(fusion.device)]
             fusion = 0.5 * (fusion[:n] + flipped)
-        if tuple(fusion.shape[-2:]) != size:
-            fusion = F.interpolate(fusion, size=size, mode="bilinear", align_corners=True)
+        fusion = resize_corners(fusion, size)
         total = fusion if total is None else total + fusion
     return total / len(scales)
 
