@@ -34,21 +34,34 @@ class DistInfo:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available, else CPU; anything else is passed to torch.device."""
+    """`auto` picks CUDA when available, else CPU; anything else is passed to torch.device.
+
+    Raises:
+        ValueError: not a device name, or CUDA asked for where there is none.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: CUDA is not available here; use --device cpu")
+        raise ValueError(f"--device {name}: CUDA is not available here; use --device cpu")
     return device
 
 
 def init_distributed(device_name: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else run alone."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else run alone.
+
+    For the scripts: a bad --device ends the run with its one line (SystemExit).
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name)
+    try:
+        device = resolve_device(device_name)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     if device.type == "cuda":
         device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
         torch.cuda.set_device(device)
