@@ -23,6 +23,7 @@ from networks import build_model
 from networks import hf_names as H
 from networks.model_folder import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from networks.weights import WeightsError, load_weights, read_checkpoint
+from utils import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 LIP_MAP = REPO / "mappings" / "lip_map.yaml"
@@ -199,6 +200,16 @@ def test_evaluate_and_extract_take_a_folder_as_model_restore(checkpoint, photos,
     for out in ("parsing/doll_wide.png", "masks/upper/doll_wide.png"):
         assert np.array_equal(np.asarray(Image.open(by_folder / out)),
                               np.asarray(Image.open(by_file / out)))  # fmt: skip
+
+
+def test_train_restores_model_and_teacher_from_a_folder(checkpoint, tmp_path):  # noqa: F811
+    folder = _folder(tmp_path, checkpoint)
+    model, teacher = build_model("segformer_mit_b0", 9), build_model("segformer_mit_b0", 9)
+    cycle = ckpt.restore_weights(model, teacher, model_restore=folder, schp_restore=folder)
+    expected = read_checkpoint(checkpoint)["state_dict"]
+    for net in (model, teacher):
+        assert all(torch.equal(net.state_dict()[k], v) for k, v in expected.items())
+    assert cycle == 0
 
 
 # ---------------------------------------------------------------- refusals
