@@ -6,7 +6,7 @@ median milliseconds per forward (after warm-up, under `torch.inference_mode`, in
 rounds) in fp32 and bf16 autocast, the ratios ours/HF (< 1: ours is faster), the forward FLOPs
 (`FlopCounterMode`, matmuls/convs/attention only) and the GFLOP/s reached against the machine's
 matmul ceiling (a large `torch.mm` timed in the same run). The row `ours_backbone_decoder` times
-our backbone + MLP decoder alone, the like-for-like comparison.
+our backbone + MLP decoder alone (the fused path the model runs), the like-for-like comparison.
 
 `--memory` adds the peak memory of one batch-4 forward of each model, each in a fresh
 subprocess (CPU: growth of the peak RSS over the RSS after construction and a batch-1 warm-up,
@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from networks import MODELS, build_model  # noqa: E402
+from networks.heads import fused_decoder  # noqa: E402
 from networks.mit import MIT_CONFIGS  # noqa: E402
 
 NUM_CLASSES = 9  # the seed's merged label set
@@ -263,7 +264,7 @@ def main(args: argparse.Namespace) -> dict:
     }
     forwards = {
         "ours": forward_fn("ours", ours, x),
-        "ours_backbone_decoder": lambda: ours.head(ours.backbone(x)),
+        "ours_backbone_decoder": lambda: fused_decoder(ours.head, ours.backbone(x)),
         "hf": forward_fn("hf", hf, x),
     }
     flops = {name: count_flops(forward) for name, forward in forwards.items()}
