@@ -22,9 +22,10 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from datasets.images import prepare_image
-from datasets.labels import LabelSet
+from datasets.label_set import LabelSet
 from datasets.transforms import MIN_IMAGE_SIDE, logits_to_original
-from inference.masks import MaskControls, build_mask
+from inference.mask_rules import MaskControls
+from inference.masks import build_mask
 from inference.predict import labels_to_original, predict_logits
 from inference.pretrained import resolve_model_folder, run_files, save_model_folder
 from networks import build_model
