@@ -6,6 +6,7 @@
     python -m extract ... --shard 0/4     # this machine's quarter of a large folder
     python -m extract ... --format viton-hd --report     # the files VITON-HD reads, report.html
     python -m extract ... --input clip.mp4 --smooth 0.5  # temporally smoothed video parsing
+    python -m extract ... --engine ray --ray-actors 2    # a Ray Data actor pool (docs/scale-out.md)
 
 Writes <output>/parsing/<name>.png (palette PNG of class ids at the photo's size),
 <output>/masks/<kind>/<name>.png (0/255), <output>/overlay/<name>.jpg, <output>/logits/<name>.npy
@@ -45,6 +46,7 @@ from datasets.images import (
     list_inputs,
     output_names,
 )
+from inference import ray_engine
 from inference.api import HumanParser
 from inference.mask_rules import HULL_MODES, KINDS
 from inference.outputs import Writer
@@ -197,6 +199,27 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--amp", default="off", choices=AMP_CHOICES, help="Autocast dtype.")
     run.add_argument("--flip", action="store_true", help="Flip test-time augmentation.")
     run.add_argument("--multi-scales", type=float_list, default=(1.0,), help="Test scales.")
+    scale = parser.add_argument_group("scale-out (docs/scale-out.md)")
+    scale.add_argument(
+        "--engine",
+        default="torch",
+        choices=["torch", "ray"],
+        help="torch: this process; ray: a Ray Data actor pool, one parser per actor (photo "
+        f"folders and lists; needs {ray_engine.REQUIREMENTS}). Same files either way.",
+    )
+    scale.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (e.g. auto, or ray://head:10001); default: a local Ray that "
+        "starts and stops with the run.",
+    )
+    scale.add_argument(
+        "--ray-actors",
+        type=positive_int,
+        default=1,
+        help="Actors (model copies); the cluster's CPUs are shared out among them, and each "
+        "gets one GPU where the cluster has GPUs.",
+    )
     return parser
 
 
@@ -262,6 +285,9 @@ def extract(
     written = 0
     if total == 0:
         return ExtractStats(0, failed, time.perf_counter() - start)
+    if args.engine == "ray":
+        written, failed = ray_engine.extract(args, writer, dataset.paths, dataset.names)
+        return ExtractStats(written, failed, time.perf_counter() - start)
     loader = DataLoader(
         dataset,
         batch_size=args.batch_size,
@@ -332,6 +358,16 @@ def main(args: argparse.Namespace) -> None:
     if not Path(args.input).exists():  # before the (slow) model load
         raise SystemExit(f"{args.input}: no such file or folder; give a folder, .txt list or video")
     check_output_dir(args.output, "--output")
+    if args.engine == "ray" and (Path(args.input).suffix.lower() in VIDEO_SUFFIXES or args.smooth):
+        raise SystemExit(
+            f"{args.input}: --engine ray parses photo folders and lists; run videos and --smooth "
+            "with --engine torch"
+        )
+    if args.engine == "ray":
+        try:
+            ray_engine.import_ray()  # before the (slow) model load
+        except ray_engine.RayUnavailable as err:
+            raise SystemExit(str(err)) from None
     unknown = [k for k in args.masks.split(",") if k and k not in KINDS]
     if unknown:
         raise SystemExit(
